@@ -1,0 +1,171 @@
+"""``edgeship``: the workstation's command line, thin over the packager library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+import devices
+from runtime import __version__
+from runtime.cli import EPILOG, EdgeshipGroup, emit, json_option
+from runtime.manifest import format_time
+
+
+def _stderr(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(cls=EdgeshipGroup, epilog=EPILOG)
+@click.version_option(__version__, prog_name="edgeship")
+def main() -> None:
+    """Build signed model bundles for CPU and ARM devices, and check them."""
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for NAME.key and NAME.pub.")  # fmt: skip
+@click.option("--name", default="release", show_default=True, help="Key file base name.")
+@json_option
+def keygen(out: Path, name: str, as_json: bool) -> None:
+    """Create an Ed25519 signing key pair (encrypted when EDGESHIP_KEY_PASSPHRASE is set)."""
+    from packager.keys import generate
+
+    pair = generate(out, name)
+    doc = {"private_key": str(pair.private_path), "public_key": str(pair.public_path),
+           "keyid": pair.keyid, "encrypted": pair.encrypted}  # fmt: skip
+    emit(doc, as_json, lambda d: click.echo(
+        f"wrote {d['private_key']} ({'encrypted' if d['encrypted'] else 'not encrypted'}) and "
+        f"{d['public_key']}\nkey id {d['keyid']}"))  # fmt: skip
+
+
+profile_file_option = click.option(
+    "--profile-file", "profile_files", multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An extra device profile (TOML); repeatable.",
+)  # fmt: skip
+
+
+@main.command()
+@profile_file_option
+@json_option
+def profiles(profile_files: tuple[Path, ...], as_json: bool) -> None:
+    """List the device profiles bundles can be built for."""
+    found = devices.list_profiles(profile_files)
+    rows = [p.to_dict() for p in found.values()]
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            click.echo(f"{r['name']:<18} {r['arch']:<8} {r['backend']:<12} {r['description']}")
+
+    emit(rows, as_json, human)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "targets", multiple=True, required=True, metavar="PROFILE",
+              help="Device profile to build for; repeat for several (see 'edgeship profiles').")
+@click.option("--key", "keys", multiple=True, required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Private signing key (.key); repeat to add signatures.")
+@click.option("--name", required=True, help="Model name on devices (lowercase, digits, . _ -).")
+@click.option("--version", "version", required=True, help="Semantic version, e.g. 1.2.0.")
+@click.option("--sequence", type=click.IntRange(min=0), default=None,
+              help="Anti-rollback sequence. Default: the build time in seconds since 1970 "
+              "(SOURCE_DATE_EPOCH when set), so a later build is newer.")
+@click.option("--sample", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Sample input rows (.npy, .npz, .csv): fixes the input signature, gives "
+              "the golden vectors and the parity check.")
+@click.option("--expires", "expires_days", type=click.IntRange(min=0), default=365,
+              show_default=True, help="Days until devices refuse the bundle; 0 = never.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="Largest absolute output difference from the original model.")
+@click.option("--min-label-agreement", type=click.FloatRange(0, 1), default=0.99,
+              show_default=True, help="Smallest share of sample rows with the original's label.")
+@click.option("--description", default="", help="What the model is for.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
+              show_default=True, help="Folder for the bundles.")
+@profile_file_option
+@json_option
+def build(model: Path, targets: tuple[str, ...], keys: tuple[Path, ...], name: str,
+          version: str, sequence: Optional[int], sample: Path, expires_days: int,
+          tolerance: float, min_label_agreement: float, description: str, out: Path,
+          profile_files: tuple[Path, ...], as_json: bool) -> None:  # fmt: skip
+    """Convert MODEL, check it against the original, sign it, and write one bundle per target."""
+    from packager.build import BuildOptions
+    from packager.build import build as run_build
+
+    opts = BuildOptions(model=model, targets=targets, keys=keys, name=name, version=version,
+                        sample=sample, out=out, sequence=sequence, expires_days=expires_days,
+                        tolerance=tolerance, min_label_agreement=min_label_agreement,
+                        description=description, profile_files=profile_files)  # fmt: skip
+    progress = (lambda _: None) if as_json else (lambda m: _stderr(f"… {m}"))
+    results = run_build(opts, progress=progress, warn=lambda m: _stderr(f"warning: {m}"))
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            click.echo(f"wrote {r['path']} ({r['size']} bytes, sequence {r['sequence']})")
+            click.echo(f"  parity: max diff {r['parity']['max_abs_diff']:.3g}, label agreement "
+                       f"{r['parity']['label_agreement']}")  # fmt: skip
+
+    emit([r.to_dict() for r in results], as_json, human)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trust", "trust", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Public key (.pub) to trust; repeatable.")  # fmt: skip
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1))
+@json_option
+def verify(bundle: Path, trust: tuple[Path, ...], threshold: int, as_json: bool) -> None:
+    """Check BUNDLE's signatures against trusted keys, its expiry and every payload digest."""
+    from packager.inspect import verify_with_keys
+
+    result = verify_with_keys(bundle, trust, threshold)
+    m = result.verified.manifest
+    doc = {"bundle": str(bundle), "valid": True, "name": m.name, "version": m.version,
+           "sequence": m.sequence, "profile": m.target.profile,
+           "expires": format_time(m.expires) if m.expires else None,
+           "signers": sorted(result.verified.signers)}  # fmt: skip
+    emit(doc, as_json, lambda d: click.echo(
+        f"OK {d['name']} {d['version']} for {d['profile']}, signed by "
+        f"{', '.join(k[:16] for k in d['signers'])}"))  # fmt: skip
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Show what BUNDLE contains (no trust decision is made)."""
+    from packager.inspect import inspect_bundle
+
+    doc = inspect_bundle(bundle)
+
+    def human(d: dict[str, Any]) -> None:
+        m = d["manifest"]
+        t = m["target"]
+        click.echo(f"{m['name']} {m['version']}  sequence {m['sequence']}  "
+                   f"profile {t['profile']} ({t['arch']}, {t['backend']})")
+        click.echo(f"created {m['created']}  expires {m['expires'] or 'never'}")
+        click.echo(f"task {m['model']['task']}  labels {m['model']['labels']}")
+        for kind in ("inputs", "outputs"):
+            for spec in m["model"][kind]:
+                click.echo(f"  {kind[:-1]:<6} {spec['name']}: {spec['dtype']} {spec['shape']}")
+        for entry in m["files"]:
+            click.echo(f"  file   {entry['path']}  {entry['size']} bytes  {entry['sha256'][:16]}")
+        for keyid in d["signers"]:
+            click.echo(f"  signed by key {keyid}")
+        parity = m["validation"].get("parity")
+        if parity:
+            click.echo(f"parity with the original: max diff {parity['max_abs_diff']:.3g}, "
+                       f"label agreement {parity['label_agreement']}")
+        click.echo("payload: " + ("matches the manifest" if d["payload_ok"]
+                                  else f"DAMAGED: {d['payload_error']}"))  # fmt: skip
+
+    emit(doc, as_json, human)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

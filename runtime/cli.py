@@ -1,0 +1,244 @@
+"""``edgeship-device``: the device's command line, thin over the runtime library.
+
+Also home of the small click helpers both CLIs share (error → exit code mapping, JSON output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+import numpy as np
+
+from runtime import __version__
+from runtime.errors import EXIT_CODES, BundleError, EdgeshipError, StoreError
+from runtime.install import install_bundle, rollback
+from runtime.manifest import Manifest
+from runtime.model import LoadedModel
+from runtime.signing import load_public_key
+from runtime.store import Store, default_home
+from runtime.trust import TrustPolicy
+from runtime.verify import MANIFEST_MEMBER
+
+EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
+
+
+class EdgeshipGroup(click.Group):
+    """A click group that turns any EdgeshipError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeshipError as e:
+            step = f"{e.step}: " if isinstance(e, BundleError) else ""
+            click.echo(f"{ctx.info_name}: error: {step}{e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    """Print ``data`` as JSON (stdout, one document) or through ``human``."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=_json_default))
+    else:
+        human(data)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Device store (default: $EDGESHIP_HOME, /var/lib/edgeship as root, else "
+    "~/.local/share/edgeship).",
+)
+
+
+def _store(home: Optional[Path]) -> Store:
+    return Store(home or default_home())
+
+
+@click.group(cls=EdgeshipGroup, epilog=EPILOG)
+@click.version_option(__version__, prog_name="edgeship-device")
+def main() -> None:
+    """Verify, install and run signed edgeship bundles on this device."""
+
+
+@main.command()
+@click.option("--trust", "trust", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Public key (.pub) to trust; repeat for several.")  # fmt: skip
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1),
+              help="How many trusted keys must sign a bundle.")  # fmt: skip
+@click.option("--min-sequence", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Refuse bundles with a lower sequence.")  # fmt: skip
+@click.option("--revoke", multiple=True, metavar="KEYID", help="Key id to refuse; repeatable.")
+@click.option("--force", is_flag=True, help="Replace an existing trust policy.")
+@home_option
+@json_option
+def init(trust: tuple[Path, ...], threshold: int, min_sequence: int, revoke: tuple[str, ...],
+         force: bool, home: Optional[Path], as_json: bool) -> None:  # fmt: skip
+    """Create the device store and its trust policy."""
+    store = _store(home)
+    if store.initialized() and not force:
+        raise StoreError(f"{store.trust_path} exists; use --force to replace it")
+    keys = [(load_public_key(p.read_bytes(), str(p)), p.stem) for p in trust]
+    policy = TrustPolicy.create(keys, threshold).with_changes(
+        revoked=frozenset(revoke), min_sequence=min_sequence
+    )
+    store.save_policy(policy)
+    emit({"home": str(store.home), **policy.to_dict()}, as_json, lambda d: click.echo(
+        f"initialized {d['home']}: {len(d['keys'])} trusted key(s), threshold {d['threshold']}"
+    ))  # fmt: skip
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-any-target", is_flag=True,
+              help="Skip the architecture check (for testing only).")  # fmt: skip
+@home_option
+@json_option
+def install(bundle: Path, allow_any_target: bool, home: Optional[Path], as_json: bool) -> None:
+    """Verify BUNDLE, self-test it, and make it the active version of its model."""
+    result = install_bundle(_store(home), bundle, allow_any_target=allow_any_target)
+
+    def human(d: dict[str, Any]) -> None:
+        if d["unchanged"]:
+            click.echo(f"{d['name']} {d['version']} is already active (slot {d['slot']})")
+            return
+        st = d["selftest"]
+        click.echo(f"installed {d['name']} {d['version']} (sequence {d['sequence']}) in slot "
+                   f"{d['slot']}; self-test passed: {st['rows']} rows, max diff "
+                   f"{st['max_abs_diff']:.2g}, {st['latency_ms']:.2f} ms")  # fmt: skip
+
+    emit(result.to_dict(), as_json, human)
+
+
+@main.command()
+@click.argument("name")
+@home_option
+@json_option
+def rollback_cmd(name: str, home: Optional[Path], as_json: bool) -> None:
+    """Make the previous version of model NAME active again."""
+    result = rollback(_store(home), name)
+    emit(result.to_dict(), as_json, lambda d: click.echo(
+        f"rolled {d['name']} back from {d['from']} to {d['to']} (slot {d['slot']})"))  # fmt: skip
+
+
+rollback_cmd.name = "rollback"
+
+
+def _model_rows(store: Store) -> list[dict[str, Any]]:
+    rows = []
+    for name in store.names():
+        slot = store.active_slot(name)
+        if slot is None:
+            continue
+        folder = store.slot_dir(name, slot)
+        manifest_bytes = (folder / MANIFEST_MEMBER).read_bytes()
+        manifest = Manifest.from_dict(json.loads(manifest_bytes))
+        other = store.other_slot(name)
+        state = store.state(name)
+        tests = [h for h in state.history if h.get("selftest")]
+        rows.append({
+            "name": name, "version": manifest.version, "sequence": manifest.sequence,
+            "profile": manifest.target.profile, "backend": manifest.target.backend,
+            "slot": slot, "digest": hashlib.sha256(manifest_bytes).hexdigest(),
+            "expires": manifest.to_dict()["expires"],
+            "previous": store.slot_manifest(name, other).version if other else None,
+            "floor": max(state.highest_sequence, manifest.sequence),
+            "last_selftest": tests[-1]["selftest"] | {"at": tests[-1]["at"]} if tests else None,
+        })  # fmt: skip
+    return rows
+
+
+@main.command("list")
+@home_option
+@json_option
+def list_cmd(home: Optional[Path], as_json: bool) -> None:
+    """List installed models and their active versions."""
+    rows = _model_rows(_store(home))
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo("no models installed")
+        for r in rows:
+            prev = f" (previous {r['previous']})" if r["previous"] else ""
+            click.echo(f"{r['name']:<20} {r['version']:<12} slot {r['slot']}{prev}")
+
+    emit(rows, as_json, human)
+
+
+@main.command()
+@home_option
+@json_option
+def status(home: Optional[Path], as_json: bool) -> None:
+    """Show the store, the trust policy and each model's version, sequence, digest and slot."""
+    store = _store(home)
+    policy = store.policy()
+    doc = {
+        "home": str(store.home),
+        "runtime_version": __version__,
+        "trust": {"keys": [k.keyid for k in policy.keys], "threshold": policy.threshold,
+                  "revoked": sorted(policy.revoked), "min_sequence": policy.min_sequence},
+        "models": _model_rows(store),
+    }  # fmt: skip
+
+    def human(d: dict[str, Any]) -> None:
+        t = d["trust"]
+        click.echo(f"home {d['home']}  runtime {d['runtime_version']}  trusted keys "
+                   f"{len(t['keys'])} (threshold {t['threshold']})")  # fmt: skip
+        for r in d["models"]:
+            test = r["last_selftest"]
+            click.echo(f"{r['name']}: {r['version']} seq {r['sequence']} slot {r['slot']} "
+                       f"digest {r['digest'][:12]} self-test "
+                       f"{'passed ' + test['at'] if test else 'n/a'}")  # fmt: skip
+
+    emit(doc, as_json, human)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--input", "input_path", required=True, metavar="FILE|-",
+              help="Request: .json, .csv (header row), .npy, or .npz keyed by input name; "
+              "'-' reads JSON from standard input.")  # fmt: skip
+@home_option
+@json_option
+def predict(name: str, input_path: str, home: Optional[Path], as_json: bool) -> None:
+    """Run the active version of model NAME on the rows in FILE."""
+    from runtime.inputs import read_request, read_request_bytes
+
+    store = _store(home)
+    model = LoadedModel.open(store.active_dir(name))
+    specs = model.manifest.model.inputs
+    if input_path == "-":
+        limit = model.checker.limits.max_request_bytes
+        feeds = read_request_bytes(sys.stdin.buffer.read(limit + 1), ".json", specs)
+    else:
+        feeds = read_request(Path(input_path), specs)
+    prediction = model.predict(feeds)
+    doc = {"model": name, "version": model.manifest.version, **prediction.to_dict()}
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"{d['model']} {d['version']}")
+        if d.get("classes") is not None:
+            click.echo(f"classes: {d['classes']}")
+        for key, value in d["outputs"].items():
+            click.echo(f"{key}: {json.dumps(value, default=_json_default)}")
+
+    emit(doc, as_json, human)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

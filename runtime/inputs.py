@@ -1,0 +1,198 @@
+"""Prediction requests: read them from files (JSON, CSV, NPY, NPZ) and check them against the
+model's input signature before they reach a backend.
+
+Every rejection is an :class:`InputError` that says what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from runtime.backends.base import numpy_dtype
+from runtime.errors import InputError, UsageError
+from runtime.limits import DEFAULT_INPUT_LIMITS, InputLimits
+from runtime.manifest import TensorSpec
+
+FORMATS = (".json", ".csv", ".npy", ".npz")
+
+
+def read_request_bytes(
+    data: bytes, fmt: str, specs: Sequence[TensorSpec], limits: InputLimits = DEFAULT_INPUT_LIMITS
+) -> dict[str, np.ndarray]:
+    """Parse a request in format ``fmt`` (one of FORMATS) into arrays keyed by input name."""
+    if len(data) > limits.max_request_bytes:
+        raise InputError(f"request is {len(data)} bytes, the limit is {limits.max_request_bytes}")
+    if fmt == ".json":
+        return _from_json(data, specs)
+    if fmt == ".csv":
+        return _single(specs, _from_csv(data), "CSV")
+    if fmt == ".npy":
+        return _single(specs, _load_npy(data), "NPY")
+    if fmt == ".npz":
+        return _from_npz(data)
+    raise UsageError(f"unknown input format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def read_request(
+    path: Path, specs: Sequence[TensorSpec], limits: InputLimits = DEFAULT_INPUT_LIMITS
+) -> dict[str, np.ndarray]:
+    """Read a request file; the format comes from its suffix."""
+    fmt = path.suffix.lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"{path}: unknown input format; use one of {', '.join(FORMATS)}")
+    try:
+        with path.open("rb") as f:
+            data = f.read(limits.max_request_bytes + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from e
+    return read_request_bytes(data, fmt, specs, limits)
+
+
+def _single(specs: Sequence[TensorSpec], array: np.ndarray, what: str) -> dict[str, np.ndarray]:
+    if len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        raise InputError(f"this model has several inputs ({names}): {what} holds one; use NPZ/JSON")
+    return {specs[0].name: array}
+
+
+def _from_json(data: bytes, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    try:
+        doc: Any = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"request is not valid JSON: {e}") from e
+    if isinstance(doc, dict) and isinstance(doc.get("inputs"), dict):
+        doc = doc["inputs"]
+    if isinstance(doc, dict):
+        return {str(k): _to_array(v, str(k)) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return _single(specs, _to_array(doc, specs[0].name if specs else "input"), "a JSON list")
+    raise InputError("JSON request must be a list of rows or an object keyed by input name")
+
+
+def _to_array(value: Any, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise InputError(f"{name}: not a rectangular array ({e})") from e
+    if array.dtype == object:
+        raise InputError(f"{name}: rows have different lengths or mixed types")
+    return array
+
+
+def _from_csv(data: bytes) -> np.ndarray:
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"request is not valid CSV: {e}") from e
+    rows = [r for r in rows if r]
+    if len(rows) < 2:
+        raise InputError("CSV request needs a header row and at least one data row")
+    width = len(rows[0])
+    values = []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            raise InputError(f"CSV line {line}: {len(row)} fields, the header has {width}")
+        try:
+            values.append([float(x) if x.strip() else float("nan") for x in row])
+        except ValueError as e:
+            raise InputError(f"CSV line {line}: {e}") from e
+    return np.asarray(values, dtype=np.float64)
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"request is not a valid .npy file: {e}") from e
+    if not isinstance(array, np.ndarray):
+        raise InputError("request is not a single .npy array")
+    return array
+
+
+def _from_npz(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"request is not a valid .npz file: {e}") from e
+
+
+# --- checking against the signature -------------------------------------------------------------
+
+
+def _castable(src: np.dtype, dst: np.dtype) -> bool:
+    if src == dst:
+        return True
+    if dst.kind == "f":  # ints, bools and wider floats may become floats (documented)
+        return src.kind in "biuf"
+    if dst.kind in "iu":
+        return src.kind in "biu" and np.can_cast(src, dst, "same_kind")
+    if dst.kind == "U":
+        return src.kind == "U"
+    return dst.kind == "b" and src.kind == "b"
+
+
+class InputChecker:
+    """Checks and converts requests for one signature; built once per loaded model."""
+
+    def __init__(self, specs: Sequence[TensorSpec], limits: InputLimits = DEFAULT_INPUT_LIMITS):
+        self.specs = tuple(specs)
+        self.limits = limits
+        self._dtypes = {s.name: numpy_dtype(s.dtype) for s in self.specs}
+        self._names = frozenset(self._dtypes)
+
+    def check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Return arrays ready for the backend; raises InputError explaining what was expected."""
+        if feeds.keys() != self._names:
+            self._names_error(feeds)
+        out = {}
+        for spec in self.specs:
+            out[spec.name] = self._one(spec, feeds[spec.name])
+        return out
+
+    def _names_error(self, feeds: Mapping[str, Any]) -> None:
+        missing = sorted(self._names - set(feeds))
+        extra = sorted(set(feeds) - self._names)
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown input(s) {', '.join(map(str, extra))}")
+        raise InputError(f"{'; '.join(parts)} (the model takes {', '.join(sorted(self._names))})")
+
+    def _one(self, spec: TensorSpec, value: Any) -> np.ndarray:
+        array = value if isinstance(value, np.ndarray) else _to_array(value, spec.name)
+        want = self._dtypes[spec.name]
+        if array.dtype != want:
+            if not _castable(array.dtype, want):
+                raise InputError(f"{spec.name}: expected {spec.dtype}, got {array.dtype}")
+            array = array.astype(want)
+        shape = spec.shape
+        if array.ndim == len(shape) - 1 and shape and shape[0] is None and array.ndim >= 1:
+            array = array[np.newaxis, ...]  # one row given where a batch is expected
+        if array.ndim != len(shape):
+            raise InputError(
+                f"{spec.name}: expected rank {len(shape)} {_shape_text(shape)}, got {array.shape}"
+            )
+        for axis, (want_dim, got) in enumerate(zip(shape, array.shape)):
+            if want_dim is not None and want_dim != got:
+                raise InputError(
+                    f"{spec.name}: dimension {axis} must be {want_dim} "
+                    f"{_shape_text(shape)}, got {array.shape}"
+                )
+        if array.ndim and array.shape[0] > self.limits.max_rows:
+            raise InputError(f"{spec.name}: batch of {array.shape[0]} > {self.limits.max_rows}")
+        if want.kind == "f" and not np.isfinite(array).all():
+            raise InputError(f"{spec.name}: contains NaN or infinity")
+        return array
+
+
+def _shape_text(shape: Sequence[Optional[int]]) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"

@@ -1,0 +1,68 @@
+"""A loaded model: a verified bundle folder, its backend, and its input checks.
+
+This is the in-process inference API (``LoadedModel.predict``); the CLI, the self-test and the local
+API all go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from runtime.backends.base import Backend, open_backend
+from runtime.errors import ModelError
+from runtime.inputs import InputChecker
+from runtime.limits import DEFAULT_INPUT_LIMITS, InputLimits
+from runtime.manifest import Manifest
+from runtime.verify import MANIFEST_MEMBER, parse_manifest
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: dict[str, np.ndarray]
+    classes: Optional[tuple[Any, ...]]
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"outputs": {k: v.tolist() for k, v in self.outputs.items()}}
+        if self.classes is not None:
+            doc["classes"] = list(self.classes)
+        return doc
+
+
+class LoadedModel:
+    """A model ready to run. Build with :meth:`open`; thread-safe for ``predict``."""
+
+    def __init__(self, manifest: Manifest, folder: Path, backend: Backend,
+                 limits: InputLimits = DEFAULT_INPUT_LIMITS) -> None:  # fmt: skip
+        self.manifest = manifest
+        self.folder = folder
+        self.backend = backend
+        self.checker = InputChecker(manifest.model.inputs, limits)
+        self._check_signature()
+
+    @classmethod
+    def open(cls, folder: Path, limits: InputLimits = DEFAULT_INPUT_LIMITS) -> LoadedModel:
+        """Load the bundle extracted in ``folder`` (a store slot or staging folder)."""
+        manifest = parse_manifest((folder / MANIFEST_MEMBER).read_bytes())
+        model_path = folder / "payload" / manifest.model.file
+        backend = open_backend(manifest.target.backend, model_path, manifest.target.threads)
+        return cls(manifest, folder, backend, limits)
+
+    def _check_signature(self) -> None:
+        declared = {t.name for t in self.manifest.model.inputs}
+        actual = {t.name for t in self.backend.inputs}
+        if declared != actual:
+            raise ModelError(
+                f"manifest inputs {sorted(declared)} do not match the model's {sorted(actual)}"
+            )
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Check ``feeds`` against the signature and run; raises InputError or ModelError."""
+        return self.backend.run(self.checker.check(feeds))
+
+    def predict(self, feeds: Mapping[str, Any]) -> Prediction:
+        """Like :meth:`run`, with the class labels of a classifier's probability columns."""
+        return Prediction(self.run(feeds), self.manifest.model.labels)
