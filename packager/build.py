@@ -127,7 +127,7 @@ def build(
     progress("measuring parity with the original model on the sample")
     session = onnx_session(converted.model_bytes)
     packaged = run_session(session, converted.inputs)
-    report = parity.measure(converted.reference(converted.inputs), packaged,
+    report = parity.measure(converted.reference, packaged,
                             converted.label_output, opts.tolerance,
                             opts.min_label_agreement)  # fmt: skip
     parity.check(report)

@@ -167,5 +167,20 @@ def inspect(bundle: Path, as_json: bool) -> None:
     emit(doc, as_json, human)
 
 
+@main.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to work (default: a new temporary folder).")  # fmt: skip
+@json_option
+def demo(workdir: Optional[Path], as_json: bool) -> None:
+    """Run the whole story on this machine: train, sign, build, install, predict, roll back."""
+    import tempfile
+
+    from packager.demo import run_demo
+
+    folder = workdir or Path(tempfile.mkdtemp(prefix="edgeship-demo-"))
+    result = run_demo(folder, (lambda _: None) if as_json else click.echo)
+    emit(result, as_json, lambda d: click.echo(f"demo finished; everything is in {d['workdir']}"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

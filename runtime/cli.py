@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +34,9 @@ class EdgeshipGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # the reader went away (e.g. piped into head): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except EdgeshipError as e:
             step = f"{e.step}: " if isinstance(e, BundleError) else ""
             click.echo(f"{ctx.info_name}: error: {step}{e}", err=True)
@@ -150,7 +154,8 @@ def _model_rows(store: Store) -> list[dict[str, Any]]:
         manifest = Manifest.from_dict(json.loads(manifest_bytes))
         other = store.other_slot(name)
         state = store.state(name)
-        tests = [h for h in state.history if h.get("selftest")]
+        tests = [h for h in state.history if h.get("selftest") and h.get("slot") == slot
+                 and h.get("sequence") == manifest.sequence]  # fmt: skip
         rows.append({
             "name": name, "version": manifest.version, "sequence": manifest.sequence,
             "profile": manifest.target.profile, "backend": manifest.target.backend,

@@ -80,7 +80,7 @@ def _to_array(value: Any, name: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, RecursionError) as e:
-        raise InputError(f"{name}: not a rectangular array ({e})") from e
+        raise InputError(f"{name}: not a rectangular array: rows have different lengths") from e
     if array.dtype == object:
         raise InputError(f"{name}: rows have different lengths or mixed types")
     return array

@@ -32,8 +32,9 @@ class Converted:
     source_sha256: str
     inputs: Arrays
     """The sample as the packaged model takes it (keyed by input name, right dtype)."""
-    reference: Callable[[Arrays], Arrays]
-    """Runs the original model; keys match the packaged model's output names."""
+    reference: Arrays
+    """The original model's outputs on the sample, in the source's own precision; keys match
+    the packaged model's output names."""
     labels: Optional[list[Any]] = None
     label_output: Optional[str] = None
     converter: dict[str, str] = field(default_factory=dict)

@@ -67,7 +67,7 @@ def convert_onnx(path: Path, sample: Dataset) -> Converted:
         source_format="onnx",
         source_sha256=sha256_file(path),
         inputs=inputs,
-        reference=lambda feeds: run_session(session, feeds),
+        reference=run_session(session, inputs),
         label_output=label_output,
         converter={"onnx": onnx.__version__, "onnxruntime": ort.__version__},
     )

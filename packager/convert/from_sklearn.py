@@ -74,7 +74,8 @@ def convert_sklearn(path: Path, sample: Dataset, warn: Warn) -> Converted:
             f"{type(final).__name__} is neither a classifier nor a regressor; edgeship builds "
             "scikit-learn classifiers, regressors and Pipelines ending in one"
         )
-    x = np.ascontiguousarray(sample.single(), dtype=np.float32)
+    original = np.asarray(sample.single())
+    x = np.ascontiguousarray(original, dtype=np.float32)
     if x.ndim != 2:
         raise ConversionError(f"sample must be a 2-D table of rows, got shape {x.shape}")
     classifier = is_classifier(model)
@@ -82,6 +83,7 @@ def convert_sklearn(path: Path, sample: Dataset, warn: Warn) -> Converted:
     try:
         onx = skl2onnx.convert_sklearn(
             model,
+            name=path.stem,  # skl2onnx picks a random graph name otherwise
             initial_types=[(INPUT_NAME, FloatTensorType([None, x.shape[1]]))],
             target_opset=TARGET_OPSET,
             options=options,
@@ -94,13 +96,10 @@ def convert_sklearn(path: Path, sample: Dataset, warn: Warn) -> Converted:
     _dedupe_opsets(onx)
     outputs = [o.name for o in onx.graph.output]
 
-    def reference(feeds: Arrays) -> Arrays:
-        rows = feeds[INPUT_NAME].astype(np.float64)
-        if classifier:
-            return {outputs[0]: np.asarray(model.predict(rows)),
-                    outputs[1]: np.asarray(model.predict_proba(rows), dtype=np.float64)}  # fmt: skip
-        return {outputs[0]: np.asarray(model.predict(rows), dtype=np.float64).reshape(-1, 1)}
-
+    try:
+        reference = _run_original(model, original, outputs, classifier)
+    except Exception as e:  # noqa: BLE001 - the estimator's own errors
+        raise ConversionError(f"the original model cannot predict the sample: {e}") from e
     labels = [_plain(c) for c in final.classes_] if classifier else None
     return Converted(
         model_bytes=onx.SerializeToString(),
@@ -115,6 +114,13 @@ def convert_sklearn(path: Path, sample: Dataset, warn: Warn) -> Converted:
         converter={"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,
                    "onnx": onnx.__version__, "onnxruntime": ort.__version__},  # fmt: skip
     )
+
+
+def _run_original(model: Any, rows: np.ndarray, outputs: list[str], classifier: bool) -> Arrays:
+    if classifier:
+        return {outputs[0]: np.asarray(model.predict(rows)),
+                outputs[1]: np.asarray(model.predict_proba(rows), dtype=np.float64)}  # fmt: skip
+    return {outputs[0]: np.asarray(model.predict(rows), dtype=np.float64).reshape(-1, 1)}
 
 
 def _plain(value: Any) -> Any:
