@@ -15,12 +15,20 @@ from typing import Any, Optional
 
 from runtime import tomlio
 from runtime.errors import UsageError
+from runtime.manifest import BACKENDS, NAME_RE
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 MAX_PROFILE_BYTES = 64 * 1024
 ARCHES = ("x86_64", "aarch64", "armv7")
-_ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64",
-                 "armv7l": "armv7", "armv7": "armv7", "armhf": "armv7"}  # fmt: skip
+_ARCH_ALIASES = {
+    "amd64": "x86_64",
+    "x86_64": "x86_64",
+    "arm64": "aarch64",
+    "aarch64": "aarch64",
+    "armv7l": "armv7",
+    "armv7": "armv7",
+    "armhf": "armv7",
+}
 
 
 class ProfileError(UsageError):
@@ -40,37 +48,68 @@ class Profile:
     memory_mb: Optional[int] = None
     latency_budget_ms: Optional[float] = None
     quantization: dict[str, Any] = field(default_factory=dict)
+    backends: tuple[str, ...] = ()
+    """Every backend the device can run; ``backend`` is the preferred one."""
     source: str = ""
+
+    def backend_for(self, model_format: str) -> str:
+        """The backend that runs ``model_format`` (onnx, tflite) here; ProfileError if none."""
+        wanted = {"onnx": "onnxruntime", "tflite": "litert"}[model_format]
+        if wanted not in self.backends:
+            raise ProfileError(
+                f"profile {self.name} runs {', '.join(self.backends)} only, "
+                f"not {model_format} models"
+            )
+        return wanted
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str) -> Profile:
-        def need(key: str, kind: type) -> Any:
-            value = doc.get(key)
-            if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        """Check a profile document; raises ProfileError naming the file and field."""
+
+        def need(key: str, kind: type, default: Any = None, required: bool = False) -> Any:
+            value = doc.get(key, default)
+            if value is None and not required:
+                return None
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
                 raise ProfileError(f"{source}: '{key}' must be a {kind.__name__}")
             return value
 
-        arch = need("arch", str)
+        name = need("name", str, required=True)
+        if not NAME_RE.match(name):
+            raise ProfileError(f"{source}: name must be lowercase letters, digits, '.', '_', '-'")
+        arch = need("arch", str, required=True)
         if arch not in ARCHES:
             raise ProfileError(f"{source}: arch must be one of {', '.join(ARCHES)}")
-        backend = need("backend", str)
-        if backend not in ("onnxruntime", "litert"):
-            raise ProfileError(f"{source}: backend must be onnxruntime or litert")
-        threads = doc.get("threads", 1)
-        if not isinstance(threads, int) or threads < 1:
-            raise ProfileError(f"{source}: threads must be a positive integer")
-        budget = doc.get("latency_budget_ms")
-        memory = doc.get("memory_mb")
+        backend = need("backend", str, required=True)
+        backends = need("backends", list, [backend])
+        if backend not in BACKENDS or backend not in backends or not set(backends) <= set(BACKENDS):
+            raise ProfileError(
+                f"{source}: backend and backends must be among {', '.join(BACKENDS)}, "
+                "and backends must include backend"
+            )
+        threads = need("threads", int, 1)
+        if not 1 <= threads <= 256:
+            raise ProfileError(f"{source}: threads must be between 1 and 256")
+        features = need("cpu_features", list, [])
+        if not all(isinstance(f, str) for f in features):
+            raise ProfileError(f"{source}: cpu_features must be a list of strings")
+        memory, budget = need("memory_mb", int), need("latency_budget_ms", float)
+        if (memory is not None and memory <= 0) or (budget is not None and budget <= 0):
+            raise ProfileError(f"{source}: memory_mb and latency_budget_ms must be positive")
         return cls(
-            name=need("name", str),
+            name=name,
             arch=arch,
             backend=backend,
-            description=str(doc.get("description", "")),
-            cpu_features=tuple(str(f) for f in doc.get("cpu_features", [])),
+            description=need("description", str, ""),
+            cpu_features=tuple(features),
             threads=threads,
-            memory_mb=int(memory) if memory is not None else None,
+            memory_mb=memory,
             latency_budget_ms=float(budget) if budget is not None else None,
-            quantization=dict(doc.get("quantization", {})),
+            quantization=dict(need("quantization", dict, {})),
+            backends=tuple(backends),
             source=source,
         )
 
@@ -79,6 +118,7 @@ class Profile:
             "name": self.name,
             "arch": self.arch,
             "backend": self.backend,
+            "backends": list(self.backends),
             "description": self.description,
             "cpu_features": list(self.cpu_features),
             "threads": self.threads,

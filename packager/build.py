@@ -124,19 +124,26 @@ def build(
     sample = load_data(opts.sample)
     progress(f"converting {opts.model.name}")
     converted = convert(opts.model, sample, note)
+    backends = {p.name: p.backend_for(converted.model_format) for p in profiles}
     progress("measuring parity with the original model on the sample")
     session = onnx_session(converted.model_bytes)
     packaged = run_session(session, converted.inputs)
-    report = parity.measure(converted.reference, packaged,
-                            converted.label_output, opts.tolerance,
-                            opts.min_label_agreement)  # fmt: skip
+    report = parity.measure(
+        converted.reference,
+        packaged,
+        converted.label_output,
+        opts.tolerance,
+        opts.min_label_agreement,
+    )
     parity.check(report)
     gold_in = golden.head(converted.inputs)
     gold_out = golden.head(packaged)
     selftest_bytes = golden.golden_npz(gold_in, gold_out)
     payload = {MODEL_FILE: converted.model_bytes, SELFTEST_FILE: selftest_bytes}
-    files = [{"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
-             for p, d in payload.items()]  # fmt: skip
+    files = [
+        {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+        for p, d in payload.items()
+    ]
     common = {
         "format": FORMAT,
         "name": opts.name,
@@ -144,7 +151,8 @@ def build(
         "sequence": opts.sequence if opts.sequence is not None else int(clock.timestamp()),
         "created": format_time(clock),
         "expires": format_time(clock + timedelta(days=opts.expires_days))
-        if opts.expires_days else None,  # fmt: skip
+        if opts.expires_days
+        else None,
         "description": opts.description,
         "files": files,
         "model": {
@@ -171,10 +179,18 @@ def build(
     for profile in profiles:
         progress(f"signing and writing the bundle for {profile.name}")
         doc = dict(common)
-        doc["target"] = {"profile": profile.name, "arch": profile.arch,
-                         "backend": profile.backend, "threads": profile.threads}  # fmt: skip
-        doc["selftest"] = {"file": SELFTEST_FILE, "rtol": SELFTEST_RTOL, "atol": SELFTEST_ATOL,
-                           "max_latency_ms": profile.latency_budget_ms}  # fmt: skip
+        doc["target"] = {
+            "profile": profile.name,
+            "arch": profile.arch,
+            "backend": backends[profile.name],
+            "threads": profile.threads,
+        }
+        doc["selftest"] = {
+            "file": SELFTEST_FILE,
+            "rtol": SELFTEST_RTOL,
+            "atol": SELFTEST_ATOL,
+            "max_latency_ms": profile.latency_budget_ms,
+        }
         manifest = Manifest.from_dict(doc)  # the same checks a device will make
         manifest_bytes = canonical_bytes(doc)
         envelope = Envelope(tuple(sign(manifest_bytes, k) for k in keys))
@@ -182,6 +198,7 @@ def build(
         write_bundle(out, manifest_bytes, envelope.to_bytes(), payload, int(clock.timestamp()))
         digest = hashlib.sha256(out.read_bytes()).hexdigest()
         signers = tuple(s.keyid for s in envelope.signatures)
-        results.append(BuildResult(out, manifest, out.stat().st_size, digest, report, signers,
-                                   tuple(warnings)))  # fmt: skip
+        results.append(
+            BuildResult(out, manifest, out.stat().st_size, digest, report, signers, tuple(warnings))
+        )
     return results

@@ -24,8 +24,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for NAME.key and NAME.pub.")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for NAME.key and NAME.pub.",
+)
 @click.option("--name", default="release", show_default=True, help="Key file base name.")
 @json_option
 def keygen(out: Path, name: str, as_json: bool) -> None:
@@ -33,18 +37,29 @@ def keygen(out: Path, name: str, as_json: bool) -> None:
     from packager.keys import generate
 
     pair = generate(out, name)
-    doc = {"private_key": str(pair.private_path), "public_key": str(pair.public_path),
-           "keyid": pair.keyid, "encrypted": pair.encrypted}  # fmt: skip
-    emit(doc, as_json, lambda d: click.echo(
-        f"wrote {d['private_key']} ({'encrypted' if d['encrypted'] else 'not encrypted'}) and "
-        f"{d['public_key']}\nkey id {d['keyid']}"))  # fmt: skip
+    doc = {
+        "private_key": str(pair.private_path),
+        "public_key": str(pair.public_path),
+        "keyid": pair.keyid,
+        "encrypted": pair.encrypted,
+    }
+    emit(
+        doc,
+        as_json,
+        lambda d: click.echo(
+            f"wrote {d['private_key']} ({'encrypted' if d['encrypted'] else 'not encrypted'}) and "
+            f"{d['public_key']}\nkey id {d['keyid']}"
+        ),
+    )
 
 
 profile_file_option = click.option(
-    "--profile-file", "profile_files", multiple=True,
+    "--profile-file",
+    "profile_files",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="An extra device profile (TOML); repeatable.",
-)  # fmt: skip
+)
 
 
 @main.command()
@@ -64,59 +79,129 @@ def profiles(profile_files: tuple[Path, ...], as_json: bool) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--target", "targets", multiple=True, required=True, metavar="PROFILE",
-              help="Device profile to build for; repeat for several (see 'edgeship profiles').")
-@click.option("--key", "keys", multiple=True, required=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="Private signing key (.key); repeat to add signatures.")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    metavar="PROFILE",
+    help="Device profile to build for; repeat for several (see 'edgeship profiles').",
+)
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Private signing key (.key); repeat to add signatures.",
+)
 @click.option("--name", required=True, help="Model name on devices (lowercase, digits, . _ -).")
 @click.option("--version", "version", required=True, help="Semantic version, e.g. 1.2.0.")
-@click.option("--sequence", type=click.IntRange(min=0), default=None,
-              help="Anti-rollback sequence. Default: the build time in seconds since 1970 "
-              "(SOURCE_DATE_EPOCH when set), so a later build is newer.")
-@click.option("--sample", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Sample input rows (.npy, .npz, .csv): fixes the input signature, gives "
-              "the golden vectors and the parity check.")
-@click.option("--expires", "expires_days", type=click.IntRange(min=0), default=365,
-              show_default=True, help="Days until devices refuse the bundle; 0 = never.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-              help="Largest absolute output difference from the original model.")
-@click.option("--min-label-agreement", type=click.FloatRange(0, 1), default=0.99,
-              show_default=True, help="Smallest share of sample rows with the original's label.")
+@click.option(
+    "--sequence",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Anti-rollback sequence. Default: the build time in seconds since 1970 "
+    "(SOURCE_DATE_EPOCH when set), so a later build is newer.",
+)
+@click.option(
+    "--sample",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Sample input rows (.npy, .npz, .csv): fixes the input signature, gives "
+    "the golden vectors and the parity check.",
+)
+@click.option(
+    "--expires",
+    "expires_days",
+    type=click.IntRange(min=0),
+    default=365,
+    show_default=True,
+    help="Days until devices refuse the bundle; 0 = never.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1e-3,
+    show_default=True,
+    help="Largest absolute output difference from the original model.",
+)
+@click.option(
+    "--min-label-agreement",
+    type=click.FloatRange(0, 1),
+    default=0.99,
+    show_default=True,
+    help="Smallest share of sample rows with the original's label.",
+)
 @click.option("--description", default="", help="What the model is for.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
-              show_default=True, help="Folder for the bundles.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="Folder for the bundles.",
+)
 @profile_file_option
 @json_option
-def build(model: Path, targets: tuple[str, ...], keys: tuple[Path, ...], name: str,
-          version: str, sequence: Optional[int], sample: Path, expires_days: int,
-          tolerance: float, min_label_agreement: float, description: str, out: Path,
-          profile_files: tuple[Path, ...], as_json: bool) -> None:  # fmt: skip
+def build(
+    model: Path,
+    targets: tuple[str, ...],
+    keys: tuple[Path, ...],
+    name: str,
+    version: str,
+    sequence: Optional[int],
+    sample: Path,
+    expires_days: int,
+    tolerance: float,
+    min_label_agreement: float,
+    description: str,
+    out: Path,
+    profile_files: tuple[Path, ...],
+    as_json: bool,
+) -> None:
     """Convert MODEL, check it against the original, sign it, and write one bundle per target."""
     from packager.build import BuildOptions
     from packager.build import build as run_build
 
-    opts = BuildOptions(model=model, targets=targets, keys=keys, name=name, version=version,
-                        sample=sample, out=out, sequence=sequence, expires_days=expires_days,
-                        tolerance=tolerance, min_label_agreement=min_label_agreement,
-                        description=description, profile_files=profile_files)  # fmt: skip
+    opts = BuildOptions(
+        model=model,
+        targets=targets,
+        keys=keys,
+        name=name,
+        version=version,
+        sample=sample,
+        out=out,
+        sequence=sequence,
+        expires_days=expires_days,
+        tolerance=tolerance,
+        min_label_agreement=min_label_agreement,
+        description=description,
+        profile_files=profile_files,
+    )
     progress = (lambda _: None) if as_json else (lambda m: _stderr(f"… {m}"))
     results = run_build(opts, progress=progress, warn=lambda m: _stderr(f"warning: {m}"))
 
     def human(rows: list[dict[str, Any]]) -> None:
         for r in rows:
             click.echo(f"wrote {r['path']} ({r['size']} bytes, sequence {r['sequence']})")
-            click.echo(f"  parity: max diff {r['parity']['max_abs_diff']:.3g}, label agreement "
-                       f"{r['parity']['label_agreement']}")  # fmt: skip
+            click.echo(
+                f"  parity: max diff {r['parity']['max_abs_diff']:.3g}, label agreement "
+                f"{r['parity']['label_agreement']}"
+            )
 
     emit([r.to_dict() for r in results], as_json, human)
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--trust", "trust", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Public key (.pub) to trust; repeatable.")  # fmt: skip
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key (.pub) to trust; repeatable.",
+)
 @click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1))
 @json_option
 def verify(bundle: Path, trust: tuple[Path, ...], threshold: int, as_json: bool) -> None:
@@ -125,13 +210,24 @@ def verify(bundle: Path, trust: tuple[Path, ...], threshold: int, as_json: bool)
 
     result = verify_with_keys(bundle, trust, threshold)
     m = result.verified.manifest
-    doc = {"bundle": str(bundle), "valid": True, "name": m.name, "version": m.version,
-           "sequence": m.sequence, "profile": m.target.profile,
-           "expires": format_time(m.expires) if m.expires else None,
-           "signers": sorted(result.verified.signers)}  # fmt: skip
-    emit(doc, as_json, lambda d: click.echo(
-        f"OK {d['name']} {d['version']} for {d['profile']}, signed by "
-        f"{', '.join(k[:16] for k in d['signers'])}"))  # fmt: skip
+    doc = {
+        "bundle": str(bundle),
+        "valid": True,
+        "name": m.name,
+        "version": m.version,
+        "sequence": m.sequence,
+        "profile": m.target.profile,
+        "expires": format_time(m.expires) if m.expires else None,
+        "signers": sorted(result.verified.signers),
+    }
+    emit(
+        doc,
+        as_json,
+        lambda d: click.echo(
+            f"OK {d['name']} {d['version']} for {d['profile']}, signed by "
+            f"{', '.join(k[:16] for k in d['signers'])}"
+        ),
+    )
 
 
 @main.command()
@@ -146,8 +242,10 @@ def inspect(bundle: Path, as_json: bool) -> None:
     def human(d: dict[str, Any]) -> None:
         m = d["manifest"]
         t = m["target"]
-        click.echo(f"{m['name']} {m['version']}  sequence {m['sequence']}  "
-                   f"profile {t['profile']} ({t['arch']}, {t['backend']})")
+        click.echo(
+            f"{m['name']} {m['version']}  sequence {m['sequence']}  "
+            f"profile {t['profile']} ({t['arch']}, {t['backend']})"
+        )
         click.echo(f"created {m['created']}  expires {m['expires'] or 'never'}")
         click.echo(f"task {m['model']['task']}  labels {m['model']['labels']}")
         for kind in ("inputs", "outputs"):
@@ -155,21 +253,30 @@ def inspect(bundle: Path, as_json: bool) -> None:
                 click.echo(f"  {kind[:-1]:<6} {spec['name']}: {spec['dtype']} {spec['shape']}")
         for entry in m["files"]:
             click.echo(f"  file   {entry['path']}  {entry['size']} bytes  {entry['sha256'][:16]}")
-        for keyid in d["signers"]:
-            click.echo(f"  signed by key {keyid}")
+        for keyid in d["claimed_signers"]:
+            click.echo(f"  signature claims key {keyid} (not verified: use 'edgeship verify')")
         parity = m["validation"].get("parity")
         if parity:
-            click.echo(f"parity with the original: max diff {parity['max_abs_diff']:.3g}, "
-                       f"label agreement {parity['label_agreement']}")
-        click.echo("payload: " + ("matches the manifest" if d["payload_ok"]
-                                  else f"DAMAGED: {d['payload_error']}"))  # fmt: skip
+            click.echo(
+                f"parity with the original: max diff {parity['max_abs_diff']:.3g}, "
+                f"label agreement {parity['label_agreement']}"
+            )
+        click.echo(
+            "payload: "
+            + ("matches the manifest" if d["payload_ok"] else f"DAMAGED: {d['payload_error']}")
+        )
 
     emit(doc, as_json, human)
 
 
 @main.command()
-@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to work (default: a new temporary folder).")  # fmt: skip
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to work (default: a new temporary folder).",
+)
 @json_option
 def demo(workdir: Optional[Path], as_json: bool) -> None:
     """Run the whole story on this machine: train, sign, build, install, predict, roll back."""

@@ -25,6 +25,7 @@ def golden_npz(inputs: Arrays, outputs: Arrays) -> bytes:
                     array = array.astype(np.str_)
                 info = zipfile.ZipInfo(f"{prefix}{name}.npy", date_time=_EPOCH)
                 info.external_attr = 0o644 << 16
+                info.create_system = 3  # Unix, whatever system builds it
                 member = io.BytesIO()
                 np.lib.format.write_array(member, array, allow_pickle=False)
                 archive.writestr(info, member.getvalue())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from runtime.bundle import VerifiedBundle, read_bundle
-from runtime.errors import BundleError, UsageError
+from runtime.errors import BundleError, BundleFormatError, UsageError
 from runtime.limits import DEFAULT_BUNDLE_LIMITS
 from runtime.signing import Envelope, load_public_key
 from runtime.tarfmt import TarReader
@@ -52,7 +52,8 @@ def verify_with_keys(
 
 
 def inspect_bundle(bundle: Path) -> dict[str, Any]:
-    """The manifest, the signers' key ids, and whether the payload matches the manifest.
+    """The manifest, the key ids the signatures claim (unverified: use ``verify_with_keys`` to
+    check them), and whether the payload matches the manifest.
 
     Raises a BundleError if the archive or manifest is malformed; a payload mismatch is reported
     in the result (``payload_ok`` false, ``payload_error``), not raised.
@@ -65,11 +66,13 @@ def inspect_bundle(bundle: Path) -> dict[str, Any]:
     with stream:
         reader = TarReader(stream)
         raw: dict[str, bytes] = {}
-        for expected, limit in ((MANIFEST_MEMBER, limits.max_manifest_bytes),
-                                (SIGNATURES_MEMBER, limits.max_signatures_bytes)):  # fmt: skip
+        for expected, limit in (
+            (MANIFEST_MEMBER, limits.max_manifest_bytes),
+            (SIGNATURES_MEMBER, limits.max_signatures_bytes),
+        ):
             member = reader.next()
             if member is None:
-                raise BundleError(f"archive ends before {expected}")
+                raise BundleFormatError(f"archive ends before {expected}")
             check_member_header(member.name, member.kind, member.size, expected, limit)
             raw[expected] = reader.read_all()
         manifest = parse_manifest(raw[MANIFEST_MEMBER])
@@ -90,7 +93,7 @@ def inspect_bundle(bundle: Path) -> dict[str, Any]:
         "file": str(bundle),
         "size": bundle.stat().st_size,
         "manifest_sha256": hashlib.sha256(raw[MANIFEST_MEMBER]).hexdigest(),
-        "signers": [s.keyid for s in envelope.signatures],
+        "claimed_signers": [s.keyid for s in envelope.signatures],
         "payload_ok": error is None,
         "payload_error": error,
         "manifest": manifest.to_dict(),

@@ -15,7 +15,7 @@ from runtime.errors import KeyError_, UsageError
 from runtime.fsutil import atomic_write
 from runtime.signing import key_id, public_key_pem
 
-PASSPHRASE_ENV = "EDGESHIP_KEY_PASSPHRASE"
+PASSPHRASE_ENV = "EDGESHIP_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 MAX_KEY_BYTES = 16 * 1024
 
 

@@ -37,9 +37,10 @@ class ParityReport:
         }
 
     def describe(self) -> str:
-        labels = "" if self.label_agreement is None else (
-            f", label agreement {self.label_agreement:.2%} (need {self.min_label_agreement:.2%})"
-        )  # fmt: skip
+        labels = ""
+        if self.label_agreement is not None:
+            need = self.min_label_agreement
+            labels = f", label agreement {self.label_agreement:.2%} (need {need:.2%})"
         return (
             f"max |difference| {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}), "
             f"mean {self.mean_abs_diff:.3g}{labels} on {self.rows} sample rows"
@@ -71,8 +72,9 @@ def measure(
             raise ParityError(f"output {name!r}: shape {got.shape}, original {want.shape}")
         diffs.append(np.abs(got.astype(np.float64) - want.astype(np.float64)).ravel())
     allv = np.concatenate(diffs) if diffs else np.zeros(1)
-    return ParityReport(rows, float(allv.max()), float(allv.mean()), agreement, tolerance,
-                        min_label_agreement)  # fmt: skip
+    return ParityReport(
+        rows, float(allv.max()), float(allv.mean()), agreement, tolerance, min_label_agreement
+    )
 
 
 def check(report: ParityReport) -> None:

@@ -1,7 +1,7 @@
 """edgeship's device side: verify, install and run signed model bundles.
 
 Public, stable modules: ``runtime.errors``, ``runtime.manifest``, ``runtime.trust``,
-``runtime.verify``, ``runtime.bundle``, ``runtime.store``, ``runtime.predict``.
+``runtime.verify``, ``runtime.bundle``, ``runtime.store``, ``runtime.install``, ``runtime.model``.
 This package never imports ``packager`` or any host-only dependency.
 """
 

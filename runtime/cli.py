@@ -18,7 +18,6 @@ import numpy as np
 from runtime import __version__
 from runtime.errors import EXIT_CODES, BundleError, EdgeshipError, StoreError
 from runtime.install import install_bundle, rollback
-from runtime.manifest import Manifest
 from runtime.model import LoadedModel
 from runtime.signing import load_public_key
 from runtime.store import Store, default_home
@@ -69,6 +68,19 @@ home_option = click.option(
 )
 
 
+def _progress(quiet: bool) -> Optional[Callable[[int, int], None]]:
+    """A progress line on stderr while a bundle is read, when stderr is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        click.echo(f"\rverifying {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", err=True, nl=False)
+        click.echo(end, err=True, nl=False)
+
+    return show
+
+
 def _store(home: Optional[Path]) -> Store:
     return Store(home or default_home())
 
@@ -80,19 +92,41 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--trust", "trust", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Public key (.pub) to trust; repeat for several.")  # fmt: skip
-@click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1),
-              help="How many trusted keys must sign a bundle.")  # fmt: skip
-@click.option("--min-sequence", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Refuse bundles with a lower sequence.")  # fmt: skip
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key (.pub) to trust; repeat for several.",
+)
+@click.option(
+    "--threshold",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many trusted keys must sign a bundle.",
+)
+@click.option(
+    "--min-sequence",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Refuse bundles with a lower sequence.",
+)
 @click.option("--revoke", multiple=True, metavar="KEYID", help="Key id to refuse; repeatable.")
 @click.option("--force", is_flag=True, help="Replace an existing trust policy.")
 @home_option
 @json_option
-def init(trust: tuple[Path, ...], threshold: int, min_sequence: int, revoke: tuple[str, ...],
-         force: bool, home: Optional[Path], as_json: bool) -> None:  # fmt: skip
+def init(
+    trust: tuple[Path, ...],
+    threshold: int,
+    min_sequence: int,
+    revoke: tuple[str, ...],
+    force: bool,
+    home: Optional[Path],
+    as_json: bool,
+) -> None:
     """Create the device store and its trust policy."""
     store = _store(home)
     if store.initialized() and not force:
@@ -102,29 +136,38 @@ def init(trust: tuple[Path, ...], threshold: int, min_sequence: int, revoke: tup
         revoked=frozenset(revoke), min_sequence=min_sequence
     )
     store.save_policy(policy)
-    emit({"home": str(store.home), **policy.to_dict()}, as_json, lambda d: click.echo(
-        f"initialized {d['home']}: {len(d['keys'])} trusted key(s), threshold {d['threshold']}"
-    ))  # fmt: skip
+    emit(
+        {"home": str(store.home), **policy.to_dict()},
+        as_json,
+        lambda d: click.echo(
+            f"initialized {d['home']}: {len(d['keys'])} trusted key(s), threshold {d['threshold']}"
+        ),
+    )
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--allow-any-target", is_flag=True,
-              help="Skip the architecture check (for testing only).")  # fmt: skip
+@click.option(
+    "--allow-any-target", is_flag=True, help="Skip the architecture check (for testing only)."
+)
 @home_option
 @json_option
 def install(bundle: Path, allow_any_target: bool, home: Optional[Path], as_json: bool) -> None:
     """Verify BUNDLE, self-test it, and make it the active version of its model."""
-    result = install_bundle(_store(home), bundle, allow_any_target=allow_any_target)
+    result = install_bundle(
+        _store(home), bundle, allow_any_target=allow_any_target, progress=_progress(as_json)
+    )
 
     def human(d: dict[str, Any]) -> None:
         if d["unchanged"]:
             click.echo(f"{d['name']} {d['version']} is already active (slot {d['slot']})")
             return
         st = d["selftest"]
-        click.echo(f"installed {d['name']} {d['version']} (sequence {d['sequence']}) in slot "
-                   f"{d['slot']}; self-test passed: {st['rows']} rows, max diff "
-                   f"{st['max_abs_diff']:.2g}, {st['latency_ms']:.2f} ms")  # fmt: skip
+        click.echo(
+            f"installed {d['name']} {d['version']} (sequence {d['sequence']}) in slot "
+            f"{d['slot']}; self-test passed: {st['rows']} rows, max diff "
+            f"{st['max_abs_diff']:.2g}, {st['latency_ms']:.2f} ms"
+        )
 
     emit(result.to_dict(), as_json, human)
 
@@ -136,8 +179,13 @@ def install(bundle: Path, allow_any_target: bool, home: Optional[Path], as_json:
 def rollback_cmd(name: str, home: Optional[Path], as_json: bool) -> None:
     """Make the previous version of model NAME active again."""
     result = rollback(_store(home), name)
-    emit(result.to_dict(), as_json, lambda d: click.echo(
-        f"rolled {d['name']} back from {d['from']} to {d['to']} (slot {d['slot']})"))  # fmt: skip
+    emit(
+        result.to_dict(),
+        as_json,
+        lambda d: click.echo(
+            f"rolled {d['name']} back from {d['from']} to {d['to']} (slot {d['slot']})"
+        ),
+    )
 
 
 rollback_cmd.name = "rollback"
@@ -145,26 +193,38 @@ rollback_cmd.name = "rollback"
 
 def _model_rows(store: Store) -> list[dict[str, Any]]:
     rows = []
+    floors = store.floors()
     for name in store.names():
         slot = store.active_slot(name)
         if slot is None:
             continue
-        folder = store.slot_dir(name, slot)
-        manifest_bytes = (folder / MANIFEST_MEMBER).read_bytes()
-        manifest = Manifest.from_dict(json.loads(manifest_bytes))
+        manifest = store.slot_manifest(name, slot)
+        digest = hashlib.sha256((store.slot_dir(name, slot) / MANIFEST_MEMBER).read_bytes())
         other = store.other_slot(name)
-        state = store.state(name)
-        tests = [h for h in state.history if h.get("selftest") and h.get("slot") == slot
-                 and h.get("sequence") == manifest.sequence]  # fmt: skip
-        rows.append({
-            "name": name, "version": manifest.version, "sequence": manifest.sequence,
-            "profile": manifest.target.profile, "backend": manifest.target.backend,
-            "slot": slot, "digest": hashlib.sha256(manifest_bytes).hexdigest(),
-            "expires": manifest.to_dict()["expires"],
-            "previous": store.slot_manifest(name, other).version if other else None,
-            "floor": max(state.highest_sequence, manifest.sequence),
-            "last_selftest": tests[-1]["selftest"] | {"at": tests[-1]["at"]} if tests else None,
-        })  # fmt: skip
+        tests = [
+            h
+            for h in store.state(name).history
+            if h.get("selftest")
+            and h.get("slot") == slot
+            and h.get("sequence") == manifest.sequence
+        ]
+        rows.append(
+            {
+                "name": name,
+                "version": manifest.version,
+                "sequence": manifest.sequence,
+                "profile": manifest.target.profile,
+                "backend": manifest.target.backend,
+                "slot": slot,
+                "digest": digest.hexdigest(),
+                "expires": manifest.to_dict()["expires"],
+                "previous": store.slot_manifest(name, other).version if other else None,
+                "floor": floors[name],
+                "last_selftest": {**tests[-1]["selftest"], "at": tests[-1]["at"]}
+                if tests
+                else None,
+            }
+        )
     return rows
 
 
@@ -195,29 +255,42 @@ def status(home: Optional[Path], as_json: bool) -> None:
     doc = {
         "home": str(store.home),
         "runtime_version": __version__,
-        "trust": {"keys": [k.keyid for k in policy.keys], "threshold": policy.threshold,
-                  "revoked": sorted(policy.revoked), "min_sequence": policy.min_sequence},
+        "trust": {
+            "keys": [k.keyid for k in policy.keys],
+            "threshold": policy.threshold,
+            "revoked": sorted(policy.revoked),
+            "min_sequence": policy.min_sequence,
+        },
         "models": _model_rows(store),
-    }  # fmt: skip
+    }
 
     def human(d: dict[str, Any]) -> None:
         t = d["trust"]
-        click.echo(f"home {d['home']}  runtime {d['runtime_version']}  trusted keys "
-                   f"{len(t['keys'])} (threshold {t['threshold']})")  # fmt: skip
+        click.echo(
+            f"home {d['home']}  runtime {d['runtime_version']}  trusted keys "
+            f"{len(t['keys'])} (threshold {t['threshold']})"
+        )
         for r in d["models"]:
             test = r["last_selftest"]
-            click.echo(f"{r['name']}: {r['version']} seq {r['sequence']} slot {r['slot']} "
-                       f"digest {r['digest'][:12]} self-test "
-                       f"{'passed ' + test['at'] if test else 'n/a'}")  # fmt: skip
+            click.echo(
+                f"{r['name']}: {r['version']} seq {r['sequence']} slot {r['slot']} "
+                f"digest {r['digest'][:12]} self-test "
+                f"{'passed ' + test['at'] if test else 'n/a'}"
+            )
 
     emit(doc, as_json, human)
 
 
 @main.command()
 @click.argument("name")
-@click.option("--input", "input_path", required=True, metavar="FILE|-",
-              help="Request: .json, .csv (header row), .npy, or .npz keyed by input name; "
-              "'-' reads JSON from standard input.")  # fmt: skip
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    metavar="FILE|-",
+    help="Request: .json, .csv (header row), .npy, or .npz keyed by input name; "
+    "'-' reads JSON from standard input.",
+)
 @home_option
 @json_option
 def predict(name: str, input_path: str, home: Optional[Path], as_json: bool) -> None:

@@ -22,7 +22,7 @@ from runtime.errors import PayloadError, StoreError
 from runtime.manifest import Manifest, format_time
 from runtime.selftest import SelfTestReport, run_selftest
 from runtime.store import Store
-from runtime.verify import MANIFEST_MEMBER, BundleVerifier, DeviceIdentity
+from runtime.verify import MANIFEST_MEMBER, SIGNATURES_MEMBER, BundleVerifier, DeviceIdentity
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ def install_bundle(
 ) -> InstallResult:
     """Verify, self-test and activate ``bundle``. Raises a BundleError (rejected), SelfTestError
     (kept the old model), or StoreError/TrustPolicyError (device not initialized)."""
-    policy = store.policy()
     with store.lock():
+        policy = store.policy()
         verifier = BundleVerifier(
             policy, this_device(allow_any_target), now=_now(now), floors=store.floors()
         )
@@ -79,8 +79,14 @@ def install_bundle(
         active = store.active_slot(name)
         if active is not None and _same_manifest(store.slot_dir(name, active), staged):
             shutil.rmtree(staged)
-            return InstallResult(manifest, active, store.other_slot(name), None,
-                                 result.verified.signers, unchanged=True)  # fmt: skip
+            return InstallResult(
+                manifest,
+                active,
+                store.other_slot(name),
+                None,
+                result.verified.signers,
+                unchanged=True,
+            )
         _, report = run_selftest(staged)
         state = store.state(name)
         store.model_dir(name).mkdir(parents=True, exist_ok=True)
@@ -88,9 +94,16 @@ def install_bundle(
         store.save_state(name, state)  # the floor rises before the swap
         slot = store.place_slot(name, staged)
         store.activate(name, slot)
-        state.record({"at": format_time(_now(None)), "action": "install", "slot": slot,
-                      "version": manifest.version, "sequence": manifest.sequence,
-                      "selftest": report.to_dict()})  # fmt: skip
+        state.record(
+            {
+                "at": format_time(_now(None)),
+                "action": "install",
+                "slot": slot,
+                "version": manifest.version,
+                "sequence": manifest.sequence,
+                "selftest": report.to_dict(),
+            }
+        )
         store.save_state(name, state)
         return InstallResult(manifest, slot, active, report, result.verified.signers)
 
@@ -108,30 +121,54 @@ class RollbackResult:
     slot: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "from": self.from_version, "to": self.to_version,
-                "slot": self.slot}  # fmt: skip
+        return {
+            "name": self.name,
+            "from": self.from_version,
+            "to": self.to_version,
+            "slot": self.slot,
+        }
 
 
-def rollback(store: Store, name: str) -> RollbackResult:
-    """Make the previous slot active again after checking its files still match its manifest.
+def rollback(store: Store, name: str, now: Optional[datetime] = None) -> RollbackResult:
+    """Make the previous (older) version active again.
 
-    Raises StoreError when there is nothing to roll back to or the previous slot is damaged.
-    The anti-rollback floor is not lowered: rollback is an explicit act on the device.
+    The previous slot is checked as if it were being installed, except for the anti-rollback
+    floor: its signatures must still satisfy the current trust policy (a since-revoked key is
+    refused), it must not have expired, and its files must match its manifest. The floor is not
+    lowered: rollback is an explicit act on the device. Raises StoreError when there is nothing
+    older to go back to, a BundleError when the previous version is no longer acceptable.
     """
     with store.lock():
         active = store.active_slot(name)
         if active is None:
             raise StoreError(f"no model called {name!r} is installed")
         other = store.other_slot(name)
-        if other is None:
-            raise StoreError(f"{name} has no previous version to roll back to")
-        previous = store.slot_manifest(name, other)
-        check_slot_files(store.slot_dir(name, other), previous)
         current = store.slot_manifest(name, active)
+        previous = store.slot_manifest(name, other) if other else None
+        if other is None or previous is None:
+            raise StoreError(f"{name} has no previous version to roll back to")
+        if previous.sequence > current.sequence:
+            raise StoreError(
+                f"{name}: the other slot holds the newer {previous.version}; nothing older to "
+                f"roll back to (install its bundle again to go forward)"
+            )
+        folder = store.slot_dir(name, other)
+        verifier = BundleVerifier(store.policy(), this_device(True), now=_now(now))
+        verifier.check_manifest(
+            (folder / MANIFEST_MEMBER).read_bytes(), (folder / SIGNATURES_MEMBER).read_bytes()
+        )
+        check_slot_files(folder, previous)
         store.activate(name, other)
         state = store.state(name)
-        state.record({"at": format_time(_now(None)), "action": "rollback", "slot": other,
-                      "version": previous.version, "sequence": previous.sequence})  # fmt: skip
+        state.record(
+            {
+                "at": format_time(_now(None)),
+                "action": "rollback",
+                "slot": other,
+                "version": previous.version,
+                "sequence": previous.sequence,
+            }
+        )
         store.save_state(name, state)
         return RollbackResult(name, current.version, previous.version, other)
 

@@ -1,7 +1,8 @@
 """The bundle manifest: a typed, lossless view of ``manifest.json`` (docs/bundle-format.md).
 
-``Manifest.from_dict`` checks every field it knows (types, ranges, names) and keeps unknown fields
-so a round trip through ``to_dict`` is lossless. It raises :class:`ManifestError` naming the field.
+``Manifest.from_dict`` checks every field it knows (types, ranges, names) and keeps unknown
+top-level fields, so a newer manifest's additions survive ``to_dict`` (nested objects are
+normalized). It raises :class:`ManifestError` naming the field.
 """
 
 from __future__ import annotations
@@ -18,9 +19,20 @@ BACKENDS = ("onnxruntime", "litert")
 MODEL_FORMATS = ("onnx", "tflite")
 TASKS = ("classification", "regression", "other")
 DTYPES = (
-    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64", "bool", "string",
-)  # fmt: skip
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
+)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SEMVER_RE = re.compile(
@@ -36,7 +48,12 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
 
 
+TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
 def parse_time(text: str, where: str) -> datetime:
+    if not TIME_RE.match(text):
+        raise ManifestError(f"{where}: expected a time like 2026-01-31T12:00:00Z")
     try:
         return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
     except (TypeError, ValueError) as e:
@@ -47,10 +64,13 @@ def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
     if key not in doc:
         raise ManifestError(f"{where}.{key}: missing")
     value = doc[key]
-    if isinstance(value, bool) and kind is int:
-        raise ManifestError(f"{where}.{key}: expected an integer, got a boolean")
+    numeric = kind in (int, float) or (isinstance(kind, tuple) and int in kind)
+    if isinstance(value, bool) and numeric:
+        raise ManifestError(f"{where}.{key}: expected a number, got a boolean")
     if not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        expected = (
+            kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        )
         raise ManifestError(f"{where}.{key}: expected {expected}, got {type(value).__name__}")
     return value
 
@@ -144,7 +164,8 @@ class Target:
         where = "target"
         if not isinstance(doc, dict):
             raise ManifestError(f"{where}: expected an object")
-        threads = _opt(doc, "threads", int, where) or 1
+        threads = _opt(doc, "threads", int, where)
+        threads = 1 if threads is None else threads
         if not 1 <= threads <= 256:
             raise ManifestError("target.threads: must be between 1 and 256")
         return cls(
@@ -190,7 +211,9 @@ class ModelInfo:
         info = cls(
             file=_match(_get(doc, "file", str, where), PATH_RE, "model.file", "a safe path"),
             format=_choice(_get(doc, "format", str, where), MODEL_FORMATS, "model.format"),
-            inputs=tuple(TensorSpec.from_dict(x, f"model.inputs[{i}]") for i, x in enumerate(inputs)),
+            inputs=tuple(
+                TensorSpec.from_dict(x, f"model.inputs[{i}]") for i, x in enumerate(inputs)
+            ),
             outputs=tuple(
                 TensorSpec.from_dict(x, f"model.outputs[{i}]") for i, x in enumerate(outputs)
             ),
@@ -201,6 +224,8 @@ class ModelInfo:
         names = [t.name for t in info.inputs] + [t.name for t in info.outputs]
         if len(set(names)) != len(names):
             raise ManifestError("model: input and output names must be unique")
+        if info.label_output is not None and info.label_output not in names[len(info.inputs) :]:
+            raise ManifestError(f"model.label_output: {info.label_output!r} is not an output")
         return info
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,7 +256,7 @@ class SelfTest:
             raise ManifestError(f"{where}: expected an object")
         rtol = float(_get(doc, "rtol", (int, float), where))
         atol = float(_get(doc, "atol", (int, float), where))
-        if not (0 <= rtol < 1 and 0 <= atol):
+        if not (0 <= rtol < 1 and atol >= 0):
             raise ManifestError("selftest: tolerances out of range")
         latency = _opt(doc, "max_latency_ms", (int, float), where)
         return cls(
@@ -251,9 +276,22 @@ class SelfTest:
 
 
 _KNOWN = (
-    "format", "name", "version", "sequence", "created", "expires", "target", "files", "model",
-    "selftest", "quantization", "validation", "reference_profile", "provenance", "description",
-)  # fmt: skip
+    "format",
+    "name",
+    "version",
+    "sequence",
+    "created",
+    "expires",
+    "target",
+    "files",
+    "model",
+    "selftest",
+    "quantization",
+    "validation",
+    "reference_profile",
+    "provenance",
+    "description",
+)
 
 
 @dataclass(frozen=True)
@@ -296,8 +334,12 @@ class Manifest:
             raise ManifestError("manifest.files: a path is listed twice")
         manifest = cls(
             name=_match(_get(doc, "name", str, where), NAME_RE, "manifest.name", "a valid name"),
-            version=_match(_get(doc, "version", str, where), SEMVER_RE, "manifest.version",
-                           "a semantic version"),  # fmt: skip
+            version=_match(
+                _get(doc, "version", str, where),
+                SEMVER_RE,
+                "manifest.version",
+                "a semantic version",
+            ),
             sequence=sequence,
             created=parse_time(_get(doc, "created", str, where), "manifest.created"),
             expires=parse_time(expires, "manifest.expires") if expires is not None else None,
@@ -312,6 +354,11 @@ class Manifest:
             description=_opt(doc, "description", str, where) or "",
             extra=_extra(doc, _KNOWN),
         )
+        expected_backend = {"onnx": "onnxruntime", "tflite": "litert"}[manifest.model.format]
+        if manifest.target.backend != expected_backend:
+            raise ManifestError(
+                f"target.backend: {manifest.model.format} models run on {expected_backend}"
+            )
         for needed in (manifest.model.file, manifest.selftest.file):
             if needed not in paths:
                 raise ManifestError(f"manifest.files: {needed!r} is referenced but not listed")

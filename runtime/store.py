@@ -107,8 +107,12 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Serialize changes to the store across processes; clears stale staging on entry."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Serialize changes to the store across processes; clears stale staging on entry.
+
+        Raises TrustPolicyError when the store was never initialized.
+        """
+        if not self.initialized():
+            self.policy()  # raises the "run init first" error
         with (self.home / ".lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -121,6 +125,10 @@ class Store:
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir)
         for leftover in self.models_dir.glob("*/.current.tmp"):
+            leftover.unlink()
+        for leftover in self.models_dir.glob("*/.state.json.*.tmp"):
+            leftover.unlink()
+        for leftover in self.home.glob(".trust.toml.*.tmp"):
             leftover.unlink()
 
     def staging_dir(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -26,6 +27,7 @@ from runtime.signing import (
 )
 
 MAX_POLICY_BYTES = 256 * 1024
+KEYID_RE = re.compile(r"^[0-9a-f]{64}$")
 POLICY_VERSION = 1
 
 
@@ -46,10 +48,17 @@ class TrustPolicy:
     def __post_init__(self) -> None:
         if self.threshold < 1:
             raise TrustPolicyError("threshold must be at least 1")
-        if self.threshold > len(self.keys):
+        usable = {k.keyid for k in self.keys} - self.revoked
+        if self.threshold > len(usable):
             raise TrustPolicyError(
-                f"threshold {self.threshold} is more than the {len(self.keys)} trusted key(s)"
+                f"threshold {self.threshold} is more than the {len(usable)} trusted, "
+                "non-revoked key(s): no bundle could ever be installed"
             )
+        if len({k.keyid for k in self.keys}) != len(self.keys):
+            raise TrustPolicyError("a key is listed twice")
+        bad = [r for r in self.revoked if not KEYID_RE.match(r)]
+        if bad:
+            raise TrustPolicyError(f"revoked key id {bad[0]!r} is not 64 lowercase hex digits")
         if self.min_sequence < 0:
             raise TrustPolicyError("min_sequence must not be negative")
 
@@ -125,7 +134,7 @@ class TrustPolicy:
         if not all(isinstance(r, str) for r in revoked):
             raise TrustPolicyError("trust policy: revoked must be a list of key ids")
         threshold, min_sequence = doc.get("threshold", 1), doc.get("min_sequence", 0)
-        if not isinstance(threshold, int) or not isinstance(min_sequence, int):
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (threshold, min_sequence)):
             raise TrustPolicyError("trust policy: threshold and min_sequence must be integers")
         return cls(tuple(keys), threshold, frozenset(revoked), min_sequence)
 

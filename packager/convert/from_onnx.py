@@ -20,7 +20,7 @@ def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises untyped errors
+    except Exception as e:
         raise ConversionError(f"onnxruntime cannot load the model: {e}") from e
 
 
@@ -37,15 +37,16 @@ def sample_inputs(session: ort.InferenceSession, sample: Dataset) -> Arrays:
         missing = {s.name for s in specs} - set(arrays)
         if missing:
             raise UsageError(f"the sample lacks input(s) {', '.join(sorted(missing))}")
-    return {s.name: np.ascontiguousarray(arrays[s.name].astype(numpy_dtype(s.dtype)))
-            for s in specs}  # fmt: skip
+    return {
+        s.name: np.ascontiguousarray(arrays[s.name].astype(numpy_dtype(s.dtype))) for s in specs
+    }
 
 
 def run_session(session: ort.InferenceSession, inputs: Arrays) -> Arrays:
     names = [o.name for o in session.get_outputs()]
     try:
         return dict(zip(names, session.run(names, inputs)))
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises untyped errors
+    except Exception as e:
         raise ConversionError(f"the model does not run on the sample: {e}") from e
 
 
@@ -54,7 +55,7 @@ def convert_onnx(path: Path, sample: Dataset) -> Converted:
     try:
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 - onnx raises several untyped errors
+    except Exception as e:
         raise ConversionError(f"{path.name} is not a valid ONNX model: {e}") from e
     session = onnx_session(data)
     inputs = sample_inputs(session, sample)

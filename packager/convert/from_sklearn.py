@@ -46,7 +46,7 @@ def load_estimator(path: Path, warn: Warn) -> Any:
             return joblib.load(path)
         with path.open("rb") as f:
             return pickle.load(f)  # noqa: S301 - the user asked for this file; warned above
-    except Exception as e:  # noqa: BLE001 - unpickling can raise anything
+    except Exception as e:
         raise ConversionError(f"cannot load {path.name}: {e}") from e
 
 
@@ -88,7 +88,7 @@ def convert_sklearn(path: Path, sample: Dataset, warn: Warn) -> Converted:
             target_opset=TARGET_OPSET,
             options=options,
         )
-    except Exception as e:  # noqa: BLE001 - skl2onnx raises many untyped errors
+    except Exception as e:
         raise ConversionError(
             f"skl2onnx cannot convert {type(final).__name__}: {e}. Check that skl2onnx supports "
             "every step of the model, or export it to ONNX yourself and build the .onnx file"
@@ -98,7 +98,7 @@ def convert_sklearn(path: Path, sample: Dataset, warn: Warn) -> Converted:
 
     try:
         reference = _run_original(model, original, outputs, classifier)
-    except Exception as e:  # noqa: BLE001 - the estimator's own errors
+    except Exception as e:
         raise ConversionError(f"the original model cannot predict the sample: {e}") from e
     labels = [_plain(c) for c in final.classes_] if classifier else None
     return Converted(
@@ -111,15 +111,21 @@ def convert_sklearn(path: Path, sample: Dataset, warn: Warn) -> Converted:
         reference=reference,
         labels=labels,
         label_output=outputs[0] if classifier else None,
-        converter={"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,
-                   "onnx": onnx.__version__, "onnxruntime": ort.__version__},  # fmt: skip
+        converter={
+            "scikit-learn": sklearn.__version__,
+            "skl2onnx": skl2onnx.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+        },
     )
 
 
 def _run_original(model: Any, rows: np.ndarray, outputs: list[str], classifier: bool) -> Arrays:
     if classifier:
-        return {outputs[0]: np.asarray(model.predict(rows)),
-                outputs[1]: np.asarray(model.predict_proba(rows), dtype=np.float64)}  # fmt: skip
+        return {
+            outputs[0]: np.asarray(model.predict(rows)),
+            outputs[1]: np.asarray(model.predict_proba(rows), dtype=np.float64),
+        }
     return {outputs[0]: np.asarray(model.predict(rows), dtype=np.float64).reshape(-1, 1)}
 
 

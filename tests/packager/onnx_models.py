@@ -49,10 +49,11 @@ def constant_weight_mlp(path: Path, features: int = 8) -> Path:
         helper.make_node("MatMul", ["hr", "w2"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, features])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)

@@ -22,9 +22,16 @@ from tests.packager.onnx_models import constant_weight_mlp, two_input_model
 
 
 def options(keys, model, sample, out, **extra):
-    return BuildOptions(model=model, targets=extra.pop("targets", ("x86_64-generic",)),
-                        keys=(keys.key("release"),), name=extra.pop("name", "m"),
-                        version="1.0.0", sample=sample, out=out, **extra)  # fmt: skip
+    return BuildOptions(
+        model=model,
+        targets=extra.pop("targets", ("x86_64-generic",)),
+        keys=(keys.key("release"),),
+        name=extra.pop("name", "m"),
+        version="1.0.0",
+        sample=sample,
+        out=out,
+        **extra,
+    )
 
 
 def manifest_of(path):
@@ -52,8 +59,10 @@ def test_string_labels_random_forest_from_pickle(keys, tmp_path):
     (tmp_path / "rf.pkl").write_bytes(__import__("pickle").dumps(model))
     np.save(tmp_path / "x.npy", x[::5])
     warnings = []
-    [result] = build(options(keys, tmp_path / "rf.pkl", tmp_path / "x.npy", tmp_path / "out"),
-                     warn=warnings.append)  # fmt: skip
+    [result] = build(
+        options(keys, tmp_path / "rf.pkl", tmp_path / "x.npy", tmp_path / "out"),
+        warn=warnings.append,
+    )
     assert manifest_of(result.path)["model"]["labels"] == ["setosa", "versicolor", "virginica"]
     assert any("run code when loaded" in w for w in warnings)
 
@@ -64,8 +73,9 @@ def test_regressor_pipeline_with_imputer_from_joblib_and_csv(keys, tmp_path):
     joblib.dump(model, tmp_path / "reg.joblib")
     header = ",".join(f"f{i}" for i in range(x.shape[1]))
     np.savetxt(tmp_path / "x.csv", x[:50], delimiter=",", header=header, comments="")
-    [result] = build(options(keys, tmp_path / "reg.joblib", tmp_path / "x.csv", tmp_path / "o",
-                             tolerance=1e-2))  # fmt: skip
+    [result] = build(
+        options(keys, tmp_path / "reg.joblib", tmp_path / "x.csv", tmp_path / "o", tolerance=1e-2)
+    )
     m = manifest_of(result.path)
     assert m["model"]["task"] == "regression"
     assert m["model"]["labels"] is None
@@ -76,8 +86,12 @@ def test_regressor_pipeline_with_imputer_from_joblib_and_csv(keys, tmp_path):
 def test_onnx_with_several_inputs_from_npz(keys, tmp_path):
     model = two_input_model(tmp_path / "two.onnx")
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "s.npz", a=rng.normal(size=(6, 4)), b=rng.normal(size=(6, 3)),
-             scale=np.array([2]))  # fmt: skip
+    np.savez(
+        tmp_path / "s.npz",
+        a=rng.normal(size=(6, 4)),
+        b=rng.normal(size=(6, 3)),
+        scale=np.array([2]),
+    )
     [result] = build(options(keys, model, tmp_path / "s.npz", tmp_path / "o"))
     m = manifest_of(result.path)
     inputs = {i["name"]: i for i in m["model"]["inputs"]}
@@ -106,8 +120,9 @@ def test_parity_failure_writes_nothing_and_reports(keys, tmp_path):
     rng = np.random.default_rng(0)
     x = 1.0 + rng.integers(0, 50, size=(200, 1)) * 1e-9
     y = (x[:, 0] > 1.0 + 25e-9).astype(int)
-    joblib.dump(make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y),
-                tmp_path / "fine.joblib")  # fmt: skip
+    joblib.dump(
+        make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y), tmp_path / "fine.joblib"
+    )
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out"
     with pytest.raises(ParityError) as info:
@@ -131,8 +146,15 @@ def test_unknown_profile_lists_known(keys, iris, tmp_path):
 
 
 def test_several_targets_one_bundle_each(keys, iris, tmp_path):
-    results = build(options(keys, iris["model"], iris["sample"], tmp_path,
-                            targets=("x86_64-generic", "aarch64-generic")))  # fmt: skip
+    results = build(
+        options(
+            keys,
+            iris["model"],
+            iris["sample"],
+            tmp_path,
+            targets=("x86_64-generic", "aarch64-generic"),
+        )
+    )
     arches = {manifest_of(r.path)["target"]["arch"] for r in results}
     assert arches == {"x86_64", "aarch64"}
 
@@ -154,8 +176,9 @@ def test_deterministic_with_source_date_epoch(keys, iris, tmp_path, monkeypatch)
 
 def test_expires_zero_means_never_with_warning(keys, iris, tmp_path):
     warnings = []
-    [r] = build(options(keys, iris["model"], iris["sample"], tmp_path, expires_days=0),
-                warn=warnings.append)  # fmt: skip
+    [r] = build(
+        options(keys, iris["model"], iris["sample"], tmp_path, expires_days=0), warn=warnings.append
+    )
     assert manifest_of(r.path)["expires"] is None
     assert any("never expires" in w for w in warnings)
 
@@ -166,8 +189,15 @@ def test_encrypted_key_needs_passphrase(iris, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESHIP_KEY_PASSPHRASE", "correct horse")
     pair = generate(tmp_path / "k", "enc")
     assert pair.encrypted and b"ENCRYPTED" in pair.private_path.read_bytes()
-    opts = BuildOptions(model=iris["model"], targets=("x86_64-generic",), keys=(pair.private_path,),
-                        name="m", version="1.0.0", sample=iris["sample"], out=tmp_path / "o")
+    opts = BuildOptions(
+        model=iris["model"],
+        targets=("x86_64-generic",),
+        keys=(pair.private_path,),
+        name="m",
+        version="1.0.0",
+        sample=iris["sample"],
+        out=tmp_path / "o",
+    )
     assert build(opts)[0].signers == (pair.keyid,)
     monkeypatch.setenv("EDGESHIP_KEY_PASSPHRASE", "wrong")
     with pytest.raises(KeyError_, match="wrong passphrase"):
@@ -194,5 +224,20 @@ def test_manifest_is_canonical_json(keys, iris, tmp_path):
         reader.next()
         raw = reader.read_all()
     doc = json.loads(raw)
-    assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":"),
-                             ensure_ascii=False).encode()  # fmt: skip
+    assert (
+        raw == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+
+
+def test_profile_that_cannot_run_the_model_format_is_refused(keys, iris, tmp_path):
+    with pytest.raises(UsageError, match="armv7-tflite runs litert only"):
+        build(
+            options(
+                keys,
+                iris["model"],
+                iris["sample"],
+                tmp_path / "o",
+                targets=("x86_64-generic", "armv7-tflite"),
+            )
+        )
+    assert not (tmp_path / "o").exists()

@@ -45,9 +45,23 @@ def test_profile_file_adds_a_profile(run, tmp_path):
 
 
 def test_build_verify_inspect(run, keys, iris, tmp_path):
-    result = run("build", str(iris["model"]), "--target", "x86_64-generic", "--key",
-                 str(keys.key("release")), "--name", "iris", "--version", "1.0.0",
-                 "--sample", str(iris["sample"]), "--out", str(tmp_path), "--json")  # fmt: skip
+    result = run(
+        "build",
+        str(iris["model"]),
+        "--target",
+        "x86_64-generic",
+        "--key",
+        str(keys.key("release")),
+        "--name",
+        "iris",
+        "--version",
+        "1.0.0",
+        "--sample",
+        str(iris["sample"]),
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     [built] = json.loads(result.output)
     bundle = built["path"]
@@ -55,10 +69,10 @@ def test_build_verify_inspect(run, keys, iris, tmp_path):
     assert verified.exit_code == 0 and json.loads(verified.output)["valid"]
     assert run("verify", bundle, "--trust", str(keys.pub("stranger"))).exit_code == 1
     doc = json.loads(run("inspect", bundle, "--json").output)
-    assert doc["signers"] == [key_id(keys.public("release"))]
+    assert doc["claimed_signers"] == [key_id(keys.public("release"))]
     assert doc["payload_ok"] and doc["manifest"]["name"] == "iris"
     human = run("inspect", bundle).output
-    assert "signed by key " + key_id(keys.public("release")) in human
+    assert "signature claims key " + key_id(keys.public("release")) in human
     data = bytearray(open(bundle, "rb").read())
     data[-1500] ^= 1
     tampered = tmp_path / "t.eship"
@@ -77,12 +91,27 @@ def test_build_parity_failure_exits_1(run, keys, tmp_path):
 
     rng = np.random.default_rng(0)
     x = 1.0 + rng.integers(0, 50, size=(100, 1)) * 1e-9
-    joblib.dump(make_pipeline(StandardScaler(), LogisticRegression()).fit(x, x[:, 0] > 1 + 25e-9),
-                tmp_path / "m.joblib")  # fmt: skip
+    joblib.dump(
+        make_pipeline(StandardScaler(), LogisticRegression()).fit(x, x[:, 0] > 1 + 25e-9),
+        tmp_path / "m.joblib",
+    )
     np.save(tmp_path / "x.npy", x)
-    result = run("build", str(tmp_path / "m.joblib"), "--target", "x86_64-generic", "--key",
-                 str(keys.key("release")), "--name", "m", "--version", "1.0.0",
-                 "--sample", str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"))  # fmt: skip
+    result = run(
+        "build",
+        str(tmp_path / "m.joblib"),
+        "--target",
+        "x86_64-generic",
+        "--key",
+        str(keys.key("release")),
+        "--name",
+        "m",
+        "--version",
+        "1.0.0",
+        "--sample",
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert result.exit_code == 1
     assert "disagrees with the original" in result.output
     assert not (tmp_path / "out").exists()
@@ -95,3 +124,31 @@ def test_demo_runs_end_to_end(run, tmp_path):
     assert doc["labels"] == [0, 1, 2]
     assert doc["tampered_refused"].startswith("payload")
     assert doc["active"] == "1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            'name = "x"\narch = "aarch64"\nbackend = "onnxruntime"\nlatency_budget_ms = "fast"\n',
+            "latency_budget_ms",
+        ),
+        (
+            'name = "x"\narch = "aarch64"\nbackend = "onnxruntime"\nquantization = 3\n',
+            "quantization",
+        ),
+        (
+            'name = "x"\narch = "aarch64"\nbackend = "onnxruntime"\ncpu_features = "neon"\n',
+            "cpu_features",
+        ),
+        ('name = "Big Box"\narch = "aarch64"\nbackend = "onnxruntime"\n', "name must be"),
+        ('name = "x"\narch = "aarch64"\nbackend = "onnxruntime"\nthreads = 1000\n', "threads"),
+        ('name = "x"\narch = "aarch64"\nbackend = "tensorrt"\n', "backend"),
+        ("name = [", "not valid TOML"),
+    ],
+)
+def test_bad_profile_files_get_one_clear_line(run, tmp_path, body, message):
+    (tmp_path / "p.toml").write_text(body)
+    result = run("profiles", "--profile-file", str(tmp_path / "p.toml"))
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output

@@ -78,8 +78,12 @@ def test_reinstalling_the_active_bundle_is_harmless(device, build_bundle):
 def test_failed_selftest_keeps_the_old_model(device, build_bundle, keys, tmp_path):
     install_bundle(device, build_bundle("1.0.0", 10))
     before = snapshot(device)
-    broken = resign(build_bundle("1.1.0", 11), tmp_path / "broken.eship", keys.key("release"),
-                    edit_payload=bad_golden)  # fmt: skip
+    broken = resign(
+        build_bundle("1.1.0", 11),
+        tmp_path / "broken.eship",
+        keys.key("release"),
+        edit_payload=bad_golden,
+    )
     with pytest.raises(SelfTestError, match="probabilities"):
         install_bundle(device, broken)
     assert snapshot(device) == before
@@ -89,8 +93,12 @@ def test_failed_selftest_keeps_the_old_model(device, build_bundle, keys, tmp_pat
 
 
 def test_latency_budget_is_enforced(device, build_bundle, keys, tmp_path):
-    slow = resign(build_bundle("1.0.0", 10), tmp_path / "slow.eship", keys.key("release"),
-                  edit_manifest=lambda d: d["selftest"].update(max_latency_ms=1e-6))  # fmt: skip
+    slow = resign(
+        build_bundle("1.0.0", 10),
+        tmp_path / "slow.eship",
+        keys.key("release"),
+        edit_manifest=lambda d: d["selftest"].update(max_latency_ms=1e-6),
+    )
     with pytest.raises(SelfTestError, match="budget"):
         install_bundle(device, slow)
     assert device.names() == []
@@ -145,3 +153,52 @@ def test_floor_survives_a_crash_between_swap_and_state_write(device, build_bundl
 def test_slot_folders_are_readable_by_other_users(device, build_bundle):
     install_bundle(device, build_bundle())
     assert device.slot_dir("iris", "a").stat().st_mode & 0o755 == 0o755
+
+
+def test_rollback_twice_does_not_go_forward(device, build_bundle):
+    install_bundle(device, build_bundle("1.0.0", 10))
+    install_bundle(device, build_bundle("1.1.0", 11))
+    rollback(device, "iris")
+    with pytest.raises(StoreError, match="newer 1.1.0"):
+        rollback(device, "iris")
+    assert install_bundle(device, build_bundle("1.1.0", 11)).slot == "b"  # forward again
+
+
+def test_rollback_refuses_a_version_signed_by_a_since_revoked_key(device, build_bundle, keys):
+    from runtime.errors import SignatureError
+    from runtime.signing import key_id
+    from runtime.trust import TrustPolicy
+
+    both = [(keys.public("release"), "release"), (keys.public("second"), "second")]
+    device.save_policy(TrustPolicy.create(both))
+    install_bundle(device, build_bundle("1.0.0", 10, key_names=("second",)))
+    install_bundle(device, build_bundle("1.1.0", 11))
+    revoked = frozenset({key_id(keys.public("second"))})
+    device.save_policy(TrustPolicy.create(both).with_changes(revoked=revoked))
+    with pytest.raises(SignatureError, match="revoked"):
+        rollback(device, "iris")
+    assert device.active_slot("iris") == "b"
+
+
+def test_rollback_refuses_an_expired_previous_version(device, build_bundle):
+    from datetime import datetime, timedelta, timezone
+
+    from runtime.errors import ExpiredError
+
+    install_bundle(device, build_bundle("1.0.0", 10, expires_days=1))
+    install_bundle(device, build_bundle("1.1.0", 11))
+    later = datetime.now(timezone.utc) + timedelta(days=3)
+    with pytest.raises(ExpiredError):
+        rollback(device, "iris", now=later)
+
+
+def test_policy_that_can_never_be_met_is_refused(keys):
+    from runtime.errors import TrustPolicyError
+    from runtime.signing import key_id
+    from runtime.trust import TrustPolicy
+
+    policy = TrustPolicy.create([(keys.public("release"), "r"), (keys.public("second"), "s")], 2)
+    with pytest.raises(TrustPolicyError, match="no bundle could ever be installed"):
+        policy.with_changes(revoked=frozenset({key_id(keys.public("second"))}))
+    with pytest.raises(TrustPolicyError, match="64 lowercase hex"):
+        policy.with_changes(threshold=1, revoked=frozenset({"nothex"}))
