@@ -1,8 +1,8 @@
 """Ed25519 signatures over a manifest, in a DSSE-style envelope (docs/bundle-format.md §4).
 
 The signed message is the DSSE pre-authentication encoding (PAE) of the manifest's exact bytes;
-each signature carries the key id (SHA-256 of the raw 32-byte public key, lowercase hex). This module
-holds the one implementation both the packager (signing) and the device (verifying) use.
+each signature carries the key id (SHA-256 of the raw 32-byte public key, lowercase hex). This
+module holds the one implementation both the packager (signing) and the device (verifying) use.
 """
 
 from __future__ import annotations

@@ -54,8 +54,12 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sio.dump(model, folder / "clf.skops")
     np.save(folder / "sample.npy", x[::3].astype(np.float32))
     np.save(folder / "rows.npy", x[:5].astype(np.float32))
-    return {"model": folder / "clf.skops", "sample": folder / "sample.npy",
-            "rows": folder / "rows.npy", "x": folder}  # fmt: skip
+    return {
+        "model": folder / "clf.skops",
+        "sample": folder / "sample.npy",
+        "rows": folder / "rows.npy",
+        "x": folder,
+    }
 
 
 BuildBundle = Callable[..., Path]
@@ -69,15 +73,26 @@ def build_bundle(
     out_root = tmp_path_factory.mktemp("bundles")
     counter = iter(range(10**6))
 
-    def make(version: str = "1.0.0", sequence: int = 10, target: str = "x86_64-generic",
-             key_names: tuple[str, ...] = ("release",), name: str = "iris",
-             **options: Any) -> Path:  # fmt: skip
+    def make(
+        version: str = "1.0.0",
+        sequence: int = 10,
+        target: str = "x86_64-generic",
+        key_names: tuple[str, ...] = ("release",),
+        name: str = "iris",
+        **options: Any,
+    ) -> Path:
         out = out_root / str(next(counter))
         opts = BuildOptions(
-            model=options.pop("model", iris["model"]), targets=(target,),
-            keys=tuple(keys.key(k) for k in key_names), name=name, version=version,
-            sample=options.pop("sample", iris["sample"]), out=out, sequence=sequence, **options,
-        )  # fmt: skip
+            model=options.pop("model", iris["model"]),
+            targets=(target,),
+            keys=tuple(keys.key(k) for k in key_names),
+            name=name,
+            version=version,
+            sample=options.pop("sample", iris["sample"]),
+            out=out,
+            sequence=sequence,
+            **options,
+        )
         return build(opts)[0].path
 
     return make

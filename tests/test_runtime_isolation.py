@@ -8,8 +8,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HOST_ONLY = ("packager", "onnx", "skl2onnx", "sklearn", "skops", "joblib", "rich",
-             "onnxconverter_common", "torch", "tensorflow", "scipy")  # fmt: skip
+HOST_ONLY = (
+    "packager",
+    "onnx",
+    "skl2onnx",
+    "sklearn",
+    "skops",
+    "joblib",
+    "rich",
+    "onnxconverter_common",
+    "torch",
+    "tensorflow",
+    "scipy",
+)
 
 BLOCKER = """
 import importlib.abc, sys
@@ -22,7 +33,9 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 """
 
-DEVICE_SESSION = BLOCKER + """
+DEVICE_SESSION = (
+    BLOCKER
+    + """
 import pkgutil, importlib, runtime, devices
 for info in pkgutil.walk_packages(runtime.__path__, "runtime."):
     if info.name != "runtime.backends.litert":
@@ -40,6 +53,7 @@ leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not leaked, leaked
 print("DEVICE-OK")
 """
+)
 
 
 def test_no_host_import_statements_in_runtime_or_devices():
@@ -59,16 +73,31 @@ def test_no_host_import_statements_in_runtime_or_devices():
 def test_device_workflow_runs_with_host_modules_blocked(tmp_path, keys, build_bundle, iris):
     bundle = build_bundle()
     done = subprocess.run(
-        [sys.executable, "-c", DEVICE_SESSION, ",".join(HOST_ONLY), str(tmp_path / "home"),
-         str(keys.pub("release")), str(bundle), str(iris["rows"])],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            DEVICE_SESSION,
+            ",".join(HOST_ONLY),
+            str(tmp_path / "home"),
+            str(keys.pub("release")),
+            str(bundle),
+            str(iris["rows"]),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DEVICE-OK" in done.stdout
     assert "installed iris 1.0.0" in done.stdout
 
 
 def test_the_blocker_really_blocks(tmp_path):
-    done = subprocess.run([sys.executable, "-c", BLOCKER + "import packager.build", "packager"],
-                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKER + "import packager.build", "packager"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode != 0 and "host-only module" in done.stderr

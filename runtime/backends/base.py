@@ -50,7 +50,7 @@ class Backend(ABC):
             return self._run(feeds)
         except EdgeshipError:
             raise
-        except Exception as e:  # noqa: BLE001 - backend libraries raise anything; wrap it once here
+        except Exception as e:  # backend libraries raise anything: wrap it once, here
             raise ModelError(f"{self.name} failed to run the model: {e}") from e
 
 

@@ -35,8 +35,10 @@ def resign(
     doc = json.loads(parts["manifest.json"])
     payload = {k[len("payload/") :]: v for k, v in parts.items() if k.startswith("payload/")}
     edit_payload(payload)
-    doc["files"] = [{"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
-                    for p, d in payload.items()]  # fmt: skip
+    doc["files"] = [
+        {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+        for p, d in payload.items()
+    ]
     edit_manifest(doc)
     manifest_bytes = canonical_bytes(doc)
     envelope = Envelope((sign(manifest_bytes, load_private_key(key)),))

@@ -94,11 +94,23 @@ def test_bad_requests_exit_5_with_a_clear_line(run, installed, tmp_path, content
 def test_several_inputs_from_npz(run, keys, tmp_path):
     model = two_input_model(tmp_path / "two.onnx")
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "s.npz", a=rng.normal(size=(4, 4)), b=rng.normal(size=(4, 3)),
-             scale=np.array([3]))  # fmt: skip
-    [bundle] = build(BuildOptions(model=model, targets=("x86_64-generic",),
-                                  keys=(keys.key("release"),), name="two", version="1.0.0",
-                                  sample=tmp_path / "s.npz", out=tmp_path / "d"))  # fmt: skip
+    np.savez(
+        tmp_path / "s.npz",
+        a=rng.normal(size=(4, 4)),
+        b=rng.normal(size=(4, 3)),
+        scale=np.array([3]),
+    )
+    [bundle] = build(
+        BuildOptions(
+            model=model,
+            targets=("x86_64-generic",),
+            keys=(keys.key("release"),),
+            name="two",
+            version="1.0.0",
+            sample=tmp_path / "s.npz",
+            out=tmp_path / "d",
+        )
+    )
     assert run("init", "--trust", str(keys.pub("release"))).exit_code == 0
     assert run("install", str(bundle.path)).exit_code == 0
     result = run("predict", "two", "--input", str(tmp_path / "s.npz"), "--json")

@@ -23,8 +23,14 @@ def test_readme_quickstart_runs(tmp_path):
     script = quickstart_script().replace("/tmp/edgeship-quickstart", str(tmp_path / "qs"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESHIP_")}
     env["VIRTUAL_ENV_DISABLE_PROMPT"] = "1"
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rolled digits back from 1.1.0 to 1.0.0" in done.stdout
     listing = json.loads(done.stdout[done.stdout.rindex("[\n") :])
