@@ -10,6 +10,7 @@ import click
 import devices
 from runtime import __version__
 from runtime.cli import EPILOG, EdgeshipGroup, emit, json_option
+from runtime.errors import UsageError
 from runtime.manifest import format_time
 
 
@@ -232,12 +233,18 @@ def verify(bundle: Path, trust: tuple[Path, ...], threshold: int, as_json: bool)
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--card", is_flag=True, help="Print the bundle's model card (Markdown).")
 @json_option
-def inspect(bundle: Path, as_json: bool) -> None:
+def inspect(bundle: Path, card: bool, as_json: bool) -> None:
     """Show what BUNDLE contains (no trust decision is made)."""
     from packager.inspect import inspect_bundle
 
     doc = inspect_bundle(bundle)
+    if card:
+        if doc["card"] is None:
+            raise UsageError(f"{bundle} has no intact model card")
+        click.echo(doc["card"], nl=False)
+        return
 
     def human(d: dict[str, Any]) -> None:
         m = d["manifest"]

@@ -51,6 +51,10 @@ def verify_with_keys(
     return read_bundle(bundle, verifier)
 
 
+CARD_MEMBER = "payload/card.md"
+MAX_CARD_BYTES = 1024 * 1024
+
+
 def inspect_bundle(bundle: Path) -> dict[str, Any]:
     """The manifest, the key ids the signatures claim (unverified: use ``verify_with_keys`` to
     check them), and whether the payload matches the manifest.
@@ -79,12 +83,16 @@ def inspect_bundle(bundle: Path) -> dict[str, Any]:
         envelope = Envelope.from_bytes(raw[SIGNATURES_MEMBER])
         checker = PayloadChecker(manifest, limits)
         error = None
+        card: list[bytes] = []
         try:
             while (member := reader.next()) is not None:
                 checker.begin(member.name, member.kind, member.size)
+                keep = member.name == CARD_MEMBER and member.size <= MAX_CARD_BYTES
                 digest = hashlib.sha256()
                 for chunk in reader.chunks():
                     digest.update(chunk)
+                    if keep:
+                        card.append(chunk)
                 checker.end(digest.hexdigest())
             checker.finish()
         except BundleError as e:
@@ -96,5 +104,6 @@ def inspect_bundle(bundle: Path) -> dict[str, Any]:
         "claimed_signers": [s.keyid for s in envelope.signatures],
         "payload_ok": error is None,
         "payload_error": error,
+        "card": b"".join(card).decode("utf-8", "replace") if card and error is None else None,
         "manifest": manifest.to_dict(),
     }
