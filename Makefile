@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= host,onnx,litert,dev
+EXTRAS ?= host,onnx,litert,dev,torch
 
 .PHONY: install system-deps test lint bench demo clean
 
@@ -24,8 +24,24 @@ $(BIN)/edgeship: pyproject.toml
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	@touch $@
 
+# `make test`: the suite (pytest leaves tests/arm out unless asked for it by path), then the
+# emulated-ARM scenarios (docs/arm64.md) when this machine can run them: root, and qemu
+# enabled in binfmt_misc. Under CI (CI=true) they always run, so a CI run where an
+# emulated device cannot be prepared fails.
 test:
 	$(BIN)/python -m pytest -q
+	@if [ "$${CI:-}" = "true" ]; then \
+	  $(MAKE) --no-print-directory test-arm; \
+	elif why=$$($(BIN)/python -m devices.emulation check 2>&1); then \
+	  $(MAKE) --no-print-directory test-arm; \
+	else \
+	  echo "*** the emulated ARM scenarios (tests/arm) did NOT run: $$why"; \
+	  echo "*** they need root: run 'sudo make test-arm' (docs/arm64.md); CI always runs them"; \
+	fi
+
+.PHONY: test-arm
+test-arm:
+	$(BIN)/python -m pytest -q tests/arm
 
 lint:
 	$(BIN)/ruff check .

@@ -134,6 +134,44 @@ def profiles(profile_files: tuple[Path, ...], as_json: bool) -> None:
     show_default=True,
     help="Smallest share of sample rows with the original's label.",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(["auto", "none", "dynamic", "static", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: measure every mode the target profile allows and ship the smallest variant "
+    "that is no slower than float32 and within --max-accuracy-drop. A mode: exactly that "
+    "variant, or fail (exit 1).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Rows (.npy, .npz, .csv) whose value ranges static int8 quantization measures. "
+    "Default: the sample.",
+)
+@click.option(
+    "--validation",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Rows (.npy, .npz, .csv) every candidate is scored on. Default: the sample.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="True labels or values of the --validation rows (.npy, .npz, .csv): the gate then "
+    "compares accuracy (classifiers) or R² (regressors) with the original model's.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="Most the shipped variant may lose against the original model, absolute: accuracy "
+    "or R² with --labels, else the share of changed labels (1 - output R² for models "
+    "without labels).",
+)
 @click.option("--description", default="", help="What the model is for.")
 @click.option(
     "--out",
@@ -155,14 +193,25 @@ def build(
     expires_days: int,
     tolerance: float,
     min_label_agreement: float,
+    quantize: str,
+    calibration: Optional[Path],
+    validation: Optional[Path],
+    labels: Optional[Path],
+    max_accuracy_drop: float,
     description: str,
     out: Path,
     profile_files: tuple[Path, ...],
     as_json: bool,
 ) -> None:
-    """Convert MODEL, check it against the original, sign it, and write one bundle per target."""
+    """Convert MODEL, check it against the original, quantize and validate it for each target,
+    sign it, and write one bundle per target.
+
+    The table of candidates (mode, size, latency, metrics, verdict) goes to standard error for
+    every target, also when the gate fails; with --json it is each result's "candidates".
+    """
     from packager.build import BuildOptions
     from packager.build import build as run_build
+    from packager.validate import table_lines
 
     opts = BuildOptions(
         model=model,
@@ -178,9 +227,30 @@ def build(
         min_label_agreement=min_label_agreement,
         description=description,
         profile_files=profile_files,
+        quantize=quantize,
+        calibration=calibration,
+        validation=validation,
+        labels=labels,
+        max_accuracy_drop=max_accuracy_drop,
     )
     progress = (lambda _: None) if as_json else (lambda m: _stderr(f"… {m}"))
-    results = run_build(opts, progress=progress, warn=lambda m: _stderr(f"warning: {m}"))
+    tables: list[str] = []
+
+    def table(profile: str, report: dict[str, Any]) -> None:
+        text = "\n".join(table_lines(profile, report))
+        if as_json:  # the table is each result's "candidates"; stderr gets it only on failure
+            tables.append(text)
+        else:
+            _stderr(text)
+
+    try:
+        results = run_build(
+            opts, progress=progress, warn=lambda m: _stderr(f"warning: {m}"), table=table
+        )
+    except Exception:
+        for text in tables:
+            _stderr(text)
+        raise
 
     def human(rows: list[dict[str, Any]]) -> None:
         for r in rows:
@@ -189,6 +259,8 @@ def build(
                 f"  parity: max diff {r['parity']['max_abs_diff']:.3g}, label agreement "
                 f"{r['parity']['label_agreement']}"
             )
+            q = r["quantization"]
+            click.echo(f"  quantization: {q['mode']} ({q['reason']})")
 
     emit([r.to_dict() for r in results], as_json, human)
 

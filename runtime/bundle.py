@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, BinaryIO, Callable, Iterable, Optional
 
 from runtime.errors import BundleFormatError, UsageError
 from runtime.fsutil import fsync_dir
@@ -46,17 +47,14 @@ def read_bundle(
     ``dest`` receives ``manifest.json``, ``signatures.json`` and ``payload/...``, each fsynced.
     Raises a BundleError subclass naming the failed step, or UsageError if the file is missing.
     """
-    try:
-        total = path.stat().st_size
-        stream = path.open("rb", buffering=0)
-    except FileNotFoundError as e:
-        raise UsageError(f"no such bundle: {path}") from e
-    except IsADirectoryError as e:
-        raise UsageError(f"{path} is a folder, not a bundle") from e
+    stream = _open_regular(path)
     with stream:
+        total = os.fstat(stream.fileno()).st_size
         verifier.check_size(total)
         reader = TarReader(stream)
-        manifest_bytes = _leading_member(reader, MANIFEST_MEMBER, verifier.limits.max_manifest_bytes)
+        manifest_bytes = _leading_member(
+            reader, MANIFEST_MEMBER, verifier.limits.max_manifest_bytes
+        )
         envelope_bytes = _leading_member(
             reader, SIGNATURES_MEMBER, verifier.limits.max_signatures_bytes
         )
@@ -82,6 +80,26 @@ def read_bundle(
             for folder in {p.parent for p in dest.rglob("*") if p.is_file()}:
                 fsync_dir(folder)
         return VerifiedBundle(verified, total)
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a bundle for reading; refuse anything but a regular file.
+
+    A device (``/dev/zero``) or a FIFO never ends, and a FIFO would block the open: it is opened
+    non-blocking and checked on the open descriptor, so a swap after a check cannot slip past.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise UsageError(f"no such bundle: {path}") from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{path} is a folder, not a bundle")
+        raise BundleFormatError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 def _leading_member(reader: TarReader, expected: str, limit: int) -> bytes:

@@ -31,12 +31,18 @@ class MemberHeader:
 
 def _octal(field: bytes, what: str) -> int:
     text = field.rstrip(b"\0 ").lstrip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError as e:
-        raise BundleFormatError(f"corrupt tar header: bad {what} field") from e
+    # int(text, 8) alone would also take "-1", "+7", "0o17" and "1_0"; a negative size would
+    # make the reader read to the end of the file, past every size limit.
+    if text.strip(b"01234567"):
+        raise BundleFormatError(f"corrupt tar header: bad {what} field")
+    return int(text, 8) if text else 0
+
+
+def _checksum_ok(block: bytes) -> bool:
+    text = block[148:156].rstrip(b"\0 ").lstrip(b" ")
+    if not text or text.strip(b"01234567"):
+        return False
+    return int(text, 8) == sum(block[:148]) + 8 * 32 + sum(block[156:])
 
 
 class TarReader:
@@ -66,13 +72,13 @@ class TarReader:
         if not block and first:
             raise BundleFormatError("empty file: not a bundle")
         if len(block) < BLOCK:
-            raise BundleFormatError("truncated archive: ends inside a header")
+            raise BundleFormatError(
+                "not a tar archive" if first else "truncated archive: ends inside a header"
+            )
         if block == bytes(BLOCK):
             self._check_tail()
             return None
-        stored = _octal(block[148:156], "checksum")
-        computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
-        if stored != computed:
+        if not _checksum_ok(block):
             what = "not a tar archive" if first else "corrupt tar header (checksum mismatch)"
             raise BundleFormatError(what)
         if block[257:263] not in (b"ustar\x00", b"ustar "):

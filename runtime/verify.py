@@ -9,6 +9,7 @@ Calling the steps out of order raises RuntimeError.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Optional
@@ -89,7 +90,7 @@ class BundleVerifier:
             )
 
     def check_manifest(self, manifest_bytes: bytes, envelope_bytes: bytes) -> VerifiedManifest:
-        """Steps 1–6: limits, parse, signatures, expiry, target, sequence."""
+        """Steps 1-6: limits, parse, signatures, expiry, target, sequence."""
         if len(manifest_bytes) > self.limits.max_manifest_bytes:
             raise BundleSizeError(f"manifest larger than {self.limits.max_manifest_bytes} bytes")
         if len(envelope_bytes) > self.limits.max_signatures_bytes:
@@ -186,13 +187,52 @@ class PayloadChecker:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse manifest bytes; raises ManifestError for bad UTF-8, bad JSON or bad fields."""
+    """Parse manifest bytes; raises ManifestError for bad UTF-8, bad JSON or bad fields.
+
+    Stricter than ``json.loads``: a key repeated in one object (readers that keep the first and
+    readers that keep the last would see different manifests under one signature) and numbers
+    that are not finite (``NaN``, or ``1e999`` read as infinity) are refused.
+    """
     try:
-        doc: Any = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        doc: Any = json.loads(
+            data.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ManifestError(f"manifest is not JSON: {e}") from e
-    return Manifest.from_dict(doc)
+    manifest = Manifest.from_dict(doc)
+    _check_layout(manifest.files)
+    return manifest
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not finite")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        doc[key] = value
+    return doc
+
+
+def _check_layout(files: tuple[FileEntry, ...]) -> None:
+    """Refuse a file list no folder can hold: a path that is also the folder of another."""
+    paths = {entry.path for entry in files}
+    for entry in files:
+        parts = entry.path.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in paths:
+                raise ManifestError(f"manifest.files: {folder!r} is both a file and a folder")

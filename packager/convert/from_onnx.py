@@ -117,8 +117,7 @@ def fix_input_shapes(
             if dim.HasField("dim_value"):
                 if dim.dim_value != size:
                     raise UsageError(
-                        f"{source} {name}: dimension {axis} is fixed at {dim.dim_value}, "
-                        f"not {size}"
+                        f"{source} {name}: dimension {axis} is fixed at {dim.dim_value}, not {size}"
                     )
                 continue
             dim.Clear()

@@ -50,7 +50,7 @@ class OnnxBackend(Backend):
             self._session = ort.InferenceSession(
                 str(model_path), options, providers=["CPUExecutionProvider"]
             )
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        except Exception as e:  # onnxruntime raises its own untyped errors
             raise ModelError(f"onnxruntime cannot load {model_path.name}: {e}") from e
         self._inputs = tuple(spec_from_ort(a) for a in self._session.get_inputs())
         self._outputs = tuple(spec_from_ort(a) for a in self._session.get_outputs())
@@ -65,5 +65,8 @@ class OnnxBackend(Backend):
         return self._outputs
 
     def _run(self, feeds: Arrays) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, dict(feeds))
+        # onnxruntime takes a dict: copy only what is not one already (the input checker's is)
+        results = self._session.run(
+            self._output_names, feeds if type(feeds) is dict else dict(feeds)
+        )
         return dict(zip(self._output_names, results))

@@ -92,7 +92,7 @@ def test_external_data_is_inlined_into_one_file(tmp_path, keys):
         )
     )
     doc = inspect_bundle(result.path)
-    assert [f["path"] for f in doc["manifest"]["files"]][0] == "model.onnx"
+    assert next(f["path"] for f in doc["manifest"]["files"]) == "model.onnx"
     (folder / "weights.bin").unlink()
     with pytest.raises(ConversionError, match="external data"):
         load_onnx(folder / "m.onnx")
