@@ -15,24 +15,26 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 import devices
-from packager import golden, parity
+from packager import card, golden, parity, reference
 from packager.bundle_writer import write_bundle
 from packager.convert import Arrays, Converted, convert
-from packager.convert.from_onnx import onnx_session, run_session, sample_inputs
+from packager.convert.from_onnx import onnx_session, sample_inputs
 from packager.data import load_data
-from packager.evaluate import EvalData, LatencySettings, check_labels, run_all
+from packager.evaluate import EvalData, LatencySettings, check_labels
 from packager.keys import load_private_key
+from packager.runner import describe, run_packaged
 from packager.validate import REQUESTS, Gate, GateOptions, Outcome, Table
 from runtime import __version__
-from runtime.backends.onnx import spec_from_ort
 from runtime.canonical import canonical_bytes
 from runtime.errors import UsageError
 from runtime.manifest import FORMAT, NAME_RE, SEMVER_RE, Manifest, format_time
-from runtime.signing import Envelope, sign
+from runtime.signing import Envelope, key_id, sign
 
 Report = Callable[[str], None]
-MODEL_FILE = "model.onnx"
+MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
 SELFTEST_FILE = "selftest.npz"
 SELFTEST_RTOL = 1e-3
 SELFTEST_ATOL = 1e-4
@@ -74,6 +76,8 @@ class BuildOptions:
     """True labels (or values) of the validation rows; needs ``validation``."""
     max_accuracy_drop: float = 0.01
     latency: LatencySettings = field(default_factory=LatencySettings)
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """``--input-shape NAME=1,3,224,224``: fixed sizes for an ONNX input's dynamic dims."""
 
 
 @dataclass(frozen=True)
@@ -168,11 +172,10 @@ def build(
     progress(f"loading sample {opts.sample}")
     sample = load_data(opts.sample)
     progress(f"converting {opts.model.name}")
-    converted = convert(opts.model, sample, note)
+    converted = convert(opts.model, sample, note, dict(opts.input_shapes))
     backends = {p.name: p.backend_for(converted.model_format) for p in profiles}
     progress("measuring parity with the original model on the sample")
-    session = onnx_session(converted.model_bytes)
-    packaged = run_session(session, converted.inputs)
+    packaged = run_packaged(converted.model_bytes, converted.model_format, converted.inputs)
     report = parity.measure(
         converted.reference,
         packaged,
@@ -181,14 +184,11 @@ def build(
         opts.min_label_agreement,
     )
     parity.check(report)
-    gate = Gate(
-        converted.model_bytes,
-        _calibration(opts, session, converted),
-        _eval_data(opts, converted),
-        GateOptions(opts.quantize, opts.max_accuracy_drop, opts.latency),
-        progress,
-    )
-    outcomes = [gate.run(p, table) for p in profiles]  # all pass before anything is written
+    eval_data = _eval_data(opts, converted)
+    data_profile = reference.profile_data(_profiled_rows(converted, eval_data), sample.columns)
+    for message in data_profile.warnings:
+        note(message)
+    outcomes = _outcomes(opts, converted, eval_data, profiles, progress, table)
     for outcome in outcomes:
         for message in outcome.warnings:
             note(message)
@@ -196,69 +196,14 @@ def build(
     # A reproducible build (SOURCE_DATE_EPOCH) must not depend on how fast the host was: timings
     # then stay in the build's output and out of the signed manifest (ADR 0005).
     timings = os.environ.get("SOURCE_DATE_EPOCH") is None
-    common: dict[str, Any] = {
-        "format": FORMAT,
-        "name": opts.name,
-        "version": opts.version,
-        "sequence": opts.sequence if opts.sequence is not None else int(clock.timestamp()),
-        "created": format_time(clock),
-        "expires": format_time(clock + timedelta(days=opts.expires_days))
-        if opts.expires_days
-        else None,
-        "description": opts.description,
-        "reference_profile": golden.reference_profile(converted.inputs, sample.columns),
-        "provenance": {
-            "source_file": opts.model.name,
-            "source_format": converted.source_format,
-            "source_sha256": converted.source_sha256,
-            "tool": f"edgeship {__version__}",
-            "converter": converted.converter,
-        },
-    }
+    common = _common_doc(opts, clock, converted, data_profile.profile)
+    extra = {"parity": report.to_dict(), "quantize": opts.quantize, "timings": timings}
     results = []
     for profile, outcome in zip(profiles, outcomes):
         progress(f"signing and writing the bundle for {profile.name}")
-        chosen = onnx_session(outcome.model_bytes)
-        gold_out = run_all(outcome.model_bytes, gold_in)  # the device tests what it runs
-        payload = {
-            MODEL_FILE: outcome.model_bytes,
-            SELFTEST_FILE: golden.golden_npz(gold_in, gold_out),
-        }
-        rtol, atol = SELFTEST_TOLERANCE[outcome.mode]
-        doc: dict[str, Any] = dict(common)
-        doc["files"] = [
-            {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
-            for p, d in payload.items()
-        ]
-        doc["model"] = {
-            "file": MODEL_FILE,
-            "format": converted.model_format,
-            "inputs": [spec_from_ort(a).to_dict() for a in chosen.get_inputs()],
-            "outputs": [spec_from_ort(a).to_dict() for a in chosen.get_outputs()],
-            "task": converted.task,
-            "labels": converted.labels,
-            "label_output": converted.label_output,
-        }
-        doc["quantization"] = outcome.quantization_doc(opts.quantize)
-        doc["validation"] = {
-            "parity": report.to_dict(),
-            "candidates": outcome.candidates_doc(timings),
-            "metrics": outcome.metrics,
-        }
-        if timings:
-            doc["validation"]["latency_measured_on"] = outcome.latency_note
-        doc["target"] = {
-            "profile": profile.name,
-            "arch": profile.arch,
-            "backend": backends[profile.name],
-            "threads": profile.threads,
-        }
-        doc["selftest"] = {
-            "file": SELFTEST_FILE,
-            "rtol": rtol,
-            "atol": atol,
-            "max_latency_ms": profile.latency_budget_ms,
-        }
+        payload, doc = _target_doc(
+            common, profile, outcome, converted, gold_in, backends[profile.name], keys, extra
+        )
         manifest = Manifest.from_dict(doc)  # the same checks a device will make
         manifest_bytes = canonical_bytes(doc)
         envelope = Envelope(tuple(sign(manifest_bytes, k) for k in keys))
@@ -279,6 +224,140 @@ def build(
             )
         )
     return results
+
+
+def _target_doc(
+    common: dict[str, Any],
+    profile: devices.Profile,
+    outcome: Outcome,
+    converted: Converted,
+    gold_in: Arrays,
+    backend: str,
+    keys: list[Any],
+    extra: dict[str, Any],
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The payload (model, golden vectors, card) and manifest document of one target's bundle."""
+    model_file = MODEL_FILES[converted.model_format]
+    # the device tests what it runs, with the backend it runs it on
+    gold_out = run_packaged(outcome.model_bytes, converted.model_format, gold_in)
+    specs_in, specs_out = describe(outcome.model_bytes, converted.model_format)
+    payload = {
+        model_file: outcome.model_bytes,
+        SELFTEST_FILE: golden.golden_npz(gold_in, gold_out),
+    }
+    doc: dict[str, Any] = dict(common)
+    doc["model"] = {
+        "file": model_file,
+        "format": converted.model_format,
+        "inputs": [s.to_dict() for s in specs_in],
+        "outputs": [s.to_dict() for s in specs_out],
+        "task": converted.task,
+        "labels": converted.labels,
+        "label_output": converted.label_output,
+    }
+    doc["quantization"] = outcome.quantization_doc(extra["quantize"])
+    doc["validation"] = {
+        "parity": extra["parity"],
+        "candidates": outcome.candidates_doc(extra["timings"]),
+        "metrics": outcome.metrics,
+    }
+    if extra["timings"]:
+        doc["validation"]["latency_measured_on"] = outcome.latency_note
+    doc["target"] = {
+        "profile": profile.name,
+        "arch": profile.arch,
+        "backend": backend,
+        "threads": profile.threads,
+    }
+    rtol, atol = SELFTEST_TOLERANCE[outcome.mode]
+    doc["selftest"] = {
+        "file": SELFTEST_FILE,
+        "rtol": rtol,
+        "atol": atol,
+        "max_latency_ms": profile.latency_budget_ms,
+    }
+    keyids = [key_id(k.public_key()) for k in keys]
+    payload[card.CARD_FILE] = card.render_card({**doc, "files": []}, keyids).encode("utf-8")
+    doc["files"] = [
+        {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+        for p, d in payload.items()
+    ]
+    return payload, doc
+
+
+def _outcomes(
+    opts: BuildOptions,
+    converted: Converted,
+    eval_data: EvalData,
+    profiles: list[devices.Profile],
+    progress: Report,
+    table: Table,
+) -> list[Outcome]:
+    """Each target's chosen variant; all targets pass the gate before anything is written."""
+    if converted.model_format == "onnx":
+        gate = Gate(
+            converted.model_bytes,
+            _calibration(opts, onnx_session(converted.model_bytes), converted),
+            eval_data,
+            GateOptions(opts.quantize, opts.max_accuracy_drop, opts.latency),
+            progress,
+        )
+        return [gate.run(p, table) for p in profiles]
+    if opts.quantize not in ("auto", "none"):
+        raise UsageError(
+            f"--quantize {opts.quantize}: {converted.model_format} models ship as given; "
+            "quantize them when you convert to TFLite"
+        )
+    return [_as_given(p.name, converted) for p in profiles]
+
+
+def _common_doc(
+    opts: BuildOptions, clock: datetime, converted: Converted, data_profile: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest fields every target's bundle shares."""
+    expires = clock + timedelta(days=opts.expires_days) if opts.expires_days else None
+    return {
+        "format": FORMAT,
+        "name": opts.name,
+        "version": opts.version,
+        "sequence": opts.sequence if opts.sequence is not None else int(clock.timestamp()),
+        "created": format_time(clock),
+        "expires": format_time(expires) if expires else None,
+        "description": opts.description,
+        "reference_profile": data_profile,
+        "provenance": {
+            "source_file": opts.model.name,
+            "source_format": converted.source_format,
+            "source_sha256": converted.source_sha256,
+            "tool": f"edgeship {__version__}",
+            "converter": converted.converter,
+        },
+    }
+
+
+def _as_given(profile: str, converted: Converted) -> Outcome:
+    """The outcome for a model that is not re-quantized (TFLite): its bytes as they are."""
+    return Outcome(
+        profile=profile,
+        mode="none",
+        model_bytes=converted.model_bytes,
+        reason=f"{converted.model_format} models ship as given (quantize when converting)",
+        settings={},
+        candidates=(),
+        metrics={},
+    )
+
+
+def _profiled_rows(converted: Converted, eval_data: EvalData) -> Arrays:
+    """The sample's rows, plus the validation rows when they were given."""
+    if eval_data.source != "validation":
+        return converted.inputs
+    return {
+        name: np.concatenate([rows, eval_data.inputs[name]])
+        if name in eval_data.inputs and rows.shape[1:] == eval_data.inputs[name].shape[1:]
+        else rows
+        for name, rows in converted.inputs.items()
+    }
 
 
 def _calibration(opts: BuildOptions, session: Any, converted: Converted) -> Arrays:

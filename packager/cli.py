@@ -54,6 +54,22 @@ def keygen(out: Path, name: str, as_json: bool) -> None:
     )
 
 
+def _parse_input_shapes(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    parsed = []
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise click.BadParameter(f"{value!r}: expected NAME=D0,D1,… with positive sizes")
+        parsed.append((name, shape))
+    return tuple(parsed)
+
+
 profile_file_option = click.option(
     "--profile-file",
     "profile_files",
@@ -172,7 +188,16 @@ def profiles(profile_files: tuple[Path, ...], as_json: bool) -> None:
     "or R² with --labels, else the share of changed labels (1 - output R² for models "
     "without labels).",
 )
-@click.option("--description", default="", help="What the model is for.")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=D0,D1,…",
+    callback=_parse_input_shapes,
+    help="Fix an ONNX input's dynamic dimensions, e.g. image=1,3,224,224; repeatable. Without "
+    "it, dynamic dims other than the batch are fixed from the sample.",
+)
+@click.option("--description", default="", help="What the model is for (goes into the card).")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -198,6 +223,7 @@ def build(
     validation: Optional[Path],
     labels: Optional[Path],
     max_accuracy_drop: float,
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
     description: str,
     out: Path,
     profile_files: tuple[Path, ...],
@@ -232,6 +258,7 @@ def build(
         validation=validation,
         labels=labels,
         max_accuracy_drop=max_accuracy_drop,
+        input_shapes=input_shapes,
     )
     progress = (lambda _: None) if as_json else (lambda m: _stderr(f"… {m}"))
     tables: list[str] = []

@@ -53,15 +53,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert(path: Path, sample: Dataset, warn: Warn) -> Converted:
-    """Convert the model at ``path``; raises ConversionError (or UsageError for a bad path)."""
+def convert(
+    path: Path,
+    sample: Dataset,
+    warn: Warn,
+    input_shapes: Optional[dict[str, tuple[int, ...]]] = None,
+) -> Converted:
+    """Convert the model at ``path``; raises ConversionError (or UsageError for a bad path).
+
+    ``input_shapes`` (``--input-shape``) fixes dynamic dimensions of an ONNX model's inputs; other
+    formats take their shapes from the model and the sample, and refuse it.
+    """
+    if input_shapes and path.suffix.lower() != ".onnx":
+        raise UsageError("--input-shape applies to .onnx models only")
     if not path.is_file():
         raise UsageError(f"no such model file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from packager.convert.from_onnx import convert_onnx
 
-        return convert_onnx(path, sample)
+        return convert_onnx(path, sample, input_shapes)
     if suffix in SKLEARN_SUFFIXES:
         from packager.convert.from_sklearn import convert_sklearn
 
