@@ -9,7 +9,7 @@ import click
 
 import devices
 from runtime import __version__
-from runtime.cli import EPILOG, EdgeshipGroup, emit, json_option
+from runtime.cli import EPILOG, EdgeshipGroup, emit, json_option, threshold_option, trust_option
 from runtime.errors import UsageError
 from runtime.manifest import format_time
 
@@ -294,15 +294,8 @@ def build(
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Public key (.pub) to trust; repeatable.",
-)
-@click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1))
+@trust_option
+@threshold_option
 @json_option
 def verify(bundle: Path, trust: tuple[Path, ...], threshold: int, as_json: bool) -> None:
     """Check BUNDLE's signatures against trusted keys, its expiry and every payload digest."""

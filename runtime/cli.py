@@ -68,6 +68,23 @@ home_option = click.option(
 )
 
 
+trust_option = click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key (.pub) to trust; repeat for several.",
+)
+threshold_option = click.option(
+    "--threshold",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many trusted keys must sign a bundle.",
+)
+
+
 def _progress(quiet: bool) -> Optional[Callable[[int, int], None]]:
     """A progress line on stderr while a bundle is read, when stderr is a terminal."""
     if quiet or not sys.stderr.isatty():
@@ -92,21 +109,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Public key (.pub) to trust; repeat for several.",
-)
-@click.option(
-    "--threshold",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="How many trusted keys must sign a bundle.",
-)
+@trust_option
+@threshold_option
 @click.option(
     "--min-sequence",
     default=0,
