@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import external_data_helper
 
-from packager.convert import Arrays, Converted, sha256_file
+from packager.convert import Arrays, Converted, key_sample, sha256_file
 from packager.data import Dataset
 from runtime.backends.base import numpy_dtype
 from runtime.backends.onnx import spec_from_ort
@@ -28,16 +28,7 @@ def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
 def sample_inputs(session: ort.InferenceSession, sample: Dataset) -> Arrays:
     """Key the sample by the model's input names and cast it to their dtypes."""
     specs = [spec_from_ort(a) for a in session.get_inputs()]
-    if None in sample.arrays:
-        if len(specs) != 1:
-            names = ", ".join(s.name for s in specs)
-            raise UsageError(f"the model has several inputs ({names}): give the sample as .npz")
-        arrays = {specs[0].name: sample.single()}
-    else:
-        arrays = {str(k): v for k, v in sample.arrays.items()}
-        missing = {s.name for s in specs} - set(arrays)
-        if missing:
-            raise UsageError(f"the sample lacks input(s) {', '.join(sorted(missing))}")
+    arrays = key_sample([s.name for s in specs], sample)
     return {
         s.name: np.ascontiguousarray(arrays[s.name].astype(numpy_dtype(s.dtype))) for s in specs
     }
