@@ -17,13 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import bench_install, bench_predict, bench_quantize
+from benchmarks import bench_api, bench_install, bench_monitor, bench_predict, bench_quantize
 from benchmarks._common import BenchResult, Log
 
 BENCHES: dict[str, Callable[[Path, Log], BenchResult]] = {
     "install": bench_install.run,
     "predict": bench_predict.run,
     "quantize": bench_quantize.run,
+    "monitor": bench_monitor.run,
+    "api": bench_api.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "bench-results" / "bench.json"
 

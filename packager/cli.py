@@ -8,6 +8,8 @@ from typing import Any, Optional
 import click
 
 import devices
+from packager.fleet.cli import fleet
+from packager.trust_cli import trust as trust_commands
 from runtime import __version__
 from runtime.cli import EPILOG, EdgeshipGroup, emit, json_option, threshold_option, trust_option
 from runtime.errors import UsageError
@@ -22,6 +24,10 @@ def _stderr(message: str) -> None:
 @click.version_option(__version__, prog_name="edgeship")
 def main() -> None:
     """Build signed model bundles for CPU and ARM devices, and check them."""
+
+
+main.add_command(trust_commands)
+main.add_command(fleet)
 
 
 @main.command()
@@ -197,6 +203,12 @@ def profiles(profile_files: tuple[Path, ...], as_json: bool) -> None:
     help="Fix an ONNX input's dynamic dimensions, e.g. image=1,3,224,224; repeatable. Without "
     "it, dynamic dims other than the batch are fixed from the sample.",
 )
+@click.option(
+    "--reject-out-of-range",
+    is_flag=True,
+    help="Devices refuse requests with values outside the reference profile's ranges (those of "
+    "the sample and --validation rows; exit 5) instead of counting and reporting them.",
+)
 @click.option("--description", default="", help="What the model is for (goes into the card).")
 @click.option(
     "--out",
@@ -224,6 +236,7 @@ def build(
     labels: Optional[Path],
     max_accuracy_drop: float,
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    reject_out_of_range: bool,
     description: str,
     out: Path,
     profile_files: tuple[Path, ...],
@@ -259,6 +272,7 @@ def build(
         labels=labels,
         max_accuracy_drop=max_accuracy_drop,
         input_shapes=input_shapes,
+        reject_out_of_range=reject_out_of_range,
     )
     progress = (lambda _: None) if as_json else (lambda m: _stderr(f"… {m}"))
     tables: list[str] = []
@@ -366,6 +380,109 @@ def inspect(bundle: Path, card: bool, as_json: bool) -> None:
         )
 
     emit(doc, as_json, human)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="ssh://[USER@]HOST[:PORT]/PATH|DIR",
+    help="A device over SSH (copy into PATH, then install there) or a folder (an SD card or "
+    "USB inbox). /~/PATH is PATH under the remote home.",
+)
+@click.option(
+    "--identity",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="SSH private key (ssh -i).",
+)
+@click.option(
+    "--ssh-option",
+    "ssh_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra ssh option (ssh -o); repeatable; wins over edgeship's defaults.",
+)
+@click.option(
+    "--remote-command",
+    default="edgeship-device",
+    show_default=True,
+    help="The device command to install with (may be e.g. 'sudo -n edgeship-device').",
+)
+@click.option(
+    "--remote-home", default=None, metavar="DIR", help="--home for the install on the device."
+)
+@click.option(
+    "--no-install",
+    is_flag=True,
+    help="Only copy (e.g. into the inbox of a device running 'edgeship-device agent --inbox').",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Seconds to wait for the SSH connection.",
+)
+@json_option
+def push(
+    bundle: Path,
+    to: str,
+    identity: Optional[Path],
+    ssh_options: tuple[str, ...],
+    remote_command: str,
+    remote_home: Optional[str],
+    no_install: bool,
+    connect_timeout: int,
+    as_json: bool,
+) -> None:
+    """Copy BUNDLE to a device and install it there, or into a folder a device reads.
+
+    Over SSH the file lands complete or not at all, then 'edgeship-device install' runs on the
+    device and its result (version, slot, self-test) is reported; a refusal there exits with the
+    device's code and reason (1 for a refused bundle). A folder gets DIR/.NAME.part, renamed to
+    DIR/NAME once complete and synced.
+    """
+    import sys
+
+    from packager.push import push as run_push
+    from packager.ssh import SshSettings
+
+    settings = SshSettings(
+        identity=identity,
+        options=ssh_options,
+        remote_command=remote_command,
+        remote_home=remote_home,
+        install=not no_install,
+        connect_timeout_s=connect_timeout,
+    )
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"\rsending {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", err=True, nl=False)
+        if done >= total:
+            click.echo("", err=True)
+
+    show = not as_json and sys.stderr.isatty()
+    result = run_push(bundle, to, settings, progress if show else None)
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"copied {d['name']} {d['version']} ({d['bytes']} bytes) to {d['path']}")
+        r = d["remote"]
+        if r is None:
+            return
+        if r.get("unchanged"):
+            click.echo(f"{d['destination']}: {r['version']} is already active (slot {r['slot']})")
+            return
+        st = r.get("selftest") or {}
+        click.echo(
+            f"{d['destination']}: installed {r['name']} {r['version']} (sequence "
+            f"{r['sequence']}) in slot {r['slot']}; self-test passed: {st.get('rows')} rows, "
+            f"{st.get('latency_ms', 0):.2f} ms"
+        )
+
+    emit(result.to_dict(), as_json, human)
 
 
 @main.command()

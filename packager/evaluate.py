@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from functools import partial
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -76,9 +78,20 @@ def score_original(data: EvalData) -> dict[str, Optional[float]]:
     return metrics.labelled(data.reference, data.labels, how)
 
 
-def score(model_bytes: bytes, data: EvalData, original: dict[str, Optional[float]]) -> Scores:
-    """Run the model on ``data`` and score it; raises ConversionError when it cannot run."""
-    outputs = run_all(model_bytes, data.inputs)
+Runner = Callable[[bytes, Arrays], Arrays]
+"""Runs a model on every row of its inputs: :func:`run_all` (onnxruntime) or, for TFLite,
+``packager.validate_tflite.run_all``."""
+
+
+def score(
+    model_bytes: bytes,
+    data: EvalData,
+    original: dict[str, Optional[float]],
+    run: Optional[Runner] = None,
+) -> Scores:
+    """Run the model on ``data`` (with ``run``, default onnxruntime) and score it; raises
+    ConversionError when it cannot run."""
+    outputs = (run or run_all)(model_bytes, data.inputs)
     found = metrics.agreement(outputs, data.reference, data.label_output)
     how = data.reading()
     if how is not None and data.labels is not None:
@@ -152,23 +165,33 @@ def measure_latency(
     """
     try:
         sessions = {mode: session(data, host_threads(threads)) for mode, data in models.items()}
-        order = list(sessions)
-        feed = rows(inputs, 0, fixed_batch(sessions[order[0]], inputs) or 1)
-        for mode in order:
-            for _ in range(settings.warmup):
-                sessions[mode].run(None, feed)
-        times: dict[str, list[float]] = {mode: [] for mode in order}
-        start = time.perf_counter()
-        for r in range(settings.max_rounds):
-            if r >= settings.min_rounds and time.perf_counter() - start > settings.seconds:
-                break
-            shift = r % len(order)
-            for mode in order[shift:] + order[:shift]:
-                began = time.perf_counter()
-                sessions[mode].run(None, feed)
-                times[mode].append(time.perf_counter() - began)
+        feed = rows(inputs, 0, fixed_batch(next(iter(sessions.values())), inputs) or 1)
+        runs = {mode: partial(sess.run, None, feed) for mode, sess in sessions.items()}
+        return interleaved(runs, settings)
     except Exception as e:  # onnxruntime raises its own untyped errors
         raise ConversionError(f"a candidate model cannot be timed: {e}") from e
+
+
+def interleaved(
+    runs: Mapping[str, Callable[[], object]], settings: LatencySettings
+) -> dict[str, Latency]:
+    """Time each of ``runs`` (one batch-1 inference each) as :class:`LatencySettings` says:
+    warm-up, then rounds that visit every run in a rotating order. The runs' errors pass
+    through."""
+    order = list(runs)
+    for mode in order:
+        for _ in range(settings.warmup):
+            runs[mode]()
+    times: dict[str, list[float]] = {mode: [] for mode in order}
+    start = time.perf_counter()
+    for r in range(settings.max_rounds):
+        if r >= settings.min_rounds and time.perf_counter() - start > settings.seconds:
+            break
+        shift = r % len(order)
+        for mode in order[shift:] + order[:shift]:
+            began = time.perf_counter()
+            runs[mode]()
+            times[mode].append(time.perf_counter() - began)
     return {
         mode: Latency(float(np.median(t)) * 1000, float(np.percentile(t, 95)) * 1000, len(t))
         for mode, t in times.items()

@@ -5,7 +5,8 @@ when the chosen one breaks the gate.
 Place in the design: ``build`` → here → ``quantize`` (make), ``evaluate`` (measure), ``choice``
 (decide). One :class:`Gate` serves every target of a build: variants with the same settings are
 made once, and a model's scores are computed once; latency is measured per profile, because
-thread counts differ.
+thread counts differ. :func:`settle` (choose, report, enforce) also serves TFLite models, whose
+candidates ``packager.validate_tflite`` makes and measures with LiteRT.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from devices import Profile, host_arch
 from packager import choice
@@ -39,6 +40,12 @@ Report = Callable[[str], None]
 Table = Callable[[str, dict[str, Any]], None]
 """Receives a profile name and its candidates report: ``candidates`` (rows as the manifest holds
 them), ``measure`` (what the loss column means) and ``latency_measured_on``."""
+
+
+class Settings(Protocol):
+    """What shaped each mode's variant, as the manifest records it (``QuantSettings`` for ONNX)."""
+
+    def for_mode(self, mode: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -142,81 +149,16 @@ class Gate:
         explicit mode is not quantizable), ConversionError when an explicitly requested quantizer
         failed, UsageError when the profile does not allow the requested mode."""
         settings = QuantSettings.from_profile(profile)
-        requested = self._options.quantize
         variants = {
-            mode: self._variant(mode, settings) for mode in _modes(profile, settings, requested)
+            mode: self._variant(mode, settings)
+            for mode in candidate_modes(profile, settings, self._options.quantize)
         }
-        scores: dict[str, Scores] = {}
-        for mode, v in variants.items():
-            if v.model_bytes is None:
-                continue
-            try:
-                scores[mode] = self._score(v.model_bytes)
-            except ConversionError as e:
-                if mode == "none":
-                    raise
-                variants[mode] = Variant(mode, FAILED, str(e))
+        scores = score_variants(variants, self._score)
         usable = {m: v.model_bytes for m, v in variants.items() if v.model_bytes is not None}
         self._progress(f"timing {', '.join(usable)} on this host for {profile.name}")
         latency = measure_latency(usable, self._data.inputs, profile.threads, self._options.latency)
-        loss_name = scores["none"].loss_name
-        decision = choice.choose(
-            [_candidate(v, latency.get(m), scores.get(m)) for m, v in variants.items()],
-            choice.Policy(
-                requested=requested,
-                max_loss=self._options.max_accuracy_drop,
-                memory_budget_bytes=choice.memory_budget(profile.memory_mb),
-                loss_name=loss_name,
-            ),
-        )
-        rows = self._rows(variants, latency, scores, decision, settings)
-        table(
-            profile.name,
-            {
-                "candidates": [r.to_dict() for r in rows],
-                "measure": loss_name,
-                "latency_measured_on": _where(profile),
-            },
-        )
-        if decision.chosen is None:
-            failed = requested != "auto" and variants[requested].status == FAILED
-            error = ConversionError if failed else ParityError
-            raise error(f"{profile.name}: {decision.reason}")
-        warnings = []
-        if decision.slower and decision.chosen != "none":
-            why = (
-                "the profile's memory budget forces it"
-                if decision.forced_by_memory
-                else (f"--quantize {requested}")
-            )
-            warnings.append(
-                f"{profile.name}: shipping {decision.chosen}, slower than float32 on this host, "
-                f"because {why}"
-            )
-        chosen = scores[decision.chosen]
-        return Outcome(
-            profile=profile.name,
-            mode=decision.chosen,
-            model_bytes=usable[decision.chosen],
-            reason=decision.reason,
-            settings=settings.for_mode(decision.chosen),
-            candidates=tuple(rows),
-            metrics={
-                "data": self._data.source,
-                "rows": self._data.rows,
-                "labels": self._data.labels is not None,
-                "gate": {
-                    "measure": chosen.loss_name,
-                    "value": _round(chosen.loss),
-                    "max": self._options.max_accuracy_drop,
-                    "passed": True,
-                },
-                "original": {k: _round(v) for k, v in self._original.items()},
-                "packaged": {k: _round(v) for k, v in chosen.metrics.items()},
-            },
-            latency_note=_where(profile),
-            warnings=tuple(warnings),
-        )
+        measured = Measured(variants, scores, latency, len(self._float32))
+        return settle(profile, measured, self._data, self._original, self._options, settings, table)
 
     def _variant(self, mode: str, settings: QuantSettings) -> Variant:
         if mode == "none":
@@ -242,36 +184,138 @@ class Gate:
             self._scores[digest] = score(model_bytes, self._data, self._original)
         return self._scores[digest]
 
-    def _rows(
-        self,
-        variants: dict[str, Variant],
-        latency: dict[str, Latency],
-        scores: dict[str, Scores],
-        decision: choice.Decision,
-        settings: QuantSettings,
-    ) -> list[CandidateReport]:
-        base_size, base_time = len(self._float32), latency["none"].median_ms
-        rows = []
-        for mode, v in variants.items():
-            t, s = latency.get(mode), scores.get(mode)
-            rows.append(
-                CandidateReport(
-                    mode=mode,
-                    verdict=decision.verdicts[mode],
-                    detail=v.detail,
-                    size=v.size,
-                    size_ratio=v.size / base_size if v.size is not None else None,
-                    latency=t,
-                    latency_ratio=t.median_ms / base_time if t and base_time > 0 else None,
-                    loss=s.loss if s else None,
-                    metrics=dict(s.metrics) if s else {},
-                    settings=settings.for_mode(mode),
-                )
+
+@dataclass(frozen=True)
+class Measured:
+    """What was made and measured for one profile: every candidate (failed ones too), the scores
+    and latency of those that ran, and float32's size."""
+
+    variants: dict[str, Variant]
+    scores: dict[str, Scores]
+    latency: dict[str, Latency]
+    base_size: int
+
+
+def score_variants(
+    variants: dict[str, Variant], score: Callable[[bytes], Scores]
+) -> dict[str, Scores]:
+    """Score every variant that has a model; a quantized one that cannot run on the evaluation
+    data becomes ``failed`` in ``variants``. ConversionError when float32 itself cannot run."""
+    scores: dict[str, Scores] = {}
+    for mode, v in list(variants.items()):
+        if v.model_bytes is None:
+            continue
+        try:
+            scores[mode] = score(v.model_bytes)
+        except ConversionError as e:
+            if mode == "none":
+                raise
+            variants[mode] = Variant(mode, FAILED, str(e))
+    return scores
+
+
+def settle(
+    profile: Profile,
+    measured: Measured,
+    data: EvalData,
+    original: dict[str, Optional[float]],
+    options: GateOptions,
+    settings: Settings,
+    table: Table,
+) -> Outcome:
+    """Choose among the measured candidates (:mod:`packager.choice`), hand ``table`` the
+    candidates table, and enforce the verdict. ``settings`` says what shaped each mode's
+    variant. Raises ParityError when nothing may ship (ConversionError when an explicitly
+    requested variant failed to be made)."""
+    variants, scores, latency = measured.variants, measured.scores, measured.latency
+    requested = options.quantize
+    loss_name = scores["none"].loss_name
+    decision = choice.choose(
+        [_candidate(v, latency.get(m), scores.get(m)) for m, v in variants.items()],
+        choice.Policy(
+            requested=requested,
+            max_loss=options.max_accuracy_drop,
+            memory_budget_bytes=choice.memory_budget(profile.memory_mb),
+            loss_name=loss_name,
+        ),
+    )
+    rows = _rows(measured, decision, settings)
+    table(
+        profile.name,
+        {
+            "candidates": [r.to_dict() for r in rows],
+            "measure": loss_name,
+            "latency_measured_on": _where(profile),
+        },
+    )
+    if decision.chosen is None:
+        failed = requested != "auto" and variants[requested].status == FAILED
+        error = ConversionError if failed else ParityError
+        raise error(f"{profile.name}: {decision.reason}")
+    warnings = []
+    if decision.slower and decision.chosen != "none":
+        why = (
+            "the profile's memory budget forces it"
+            if decision.forced_by_memory
+            else (f"--quantize {requested}")
+        )
+        warnings.append(
+            f"{profile.name}: shipping {decision.chosen}, slower than float32 on this host, "
+            f"because {why}"
+        )
+    chosen = scores[decision.chosen]
+    model_bytes = variants[decision.chosen].model_bytes
+    assert model_bytes is not None  # a chosen candidate ran
+    return Outcome(
+        profile=profile.name,
+        mode=decision.chosen,
+        model_bytes=model_bytes,
+        reason=decision.reason,
+        settings=settings.for_mode(decision.chosen),
+        candidates=tuple(rows),
+        metrics={
+            "data": data.source,
+            "rows": data.rows,
+            "labels": data.labels is not None,
+            "gate": {
+                "measure": chosen.loss_name,
+                "value": _round(chosen.loss),
+                "max": options.max_accuracy_drop,
+                "passed": True,
+            },
+            "original": {k: _round(v) for k, v in original.items()},
+            "packaged": {k: _round(v) for k, v in chosen.metrics.items()},
+        },
+        latency_note=_where(profile),
+        warnings=tuple(warnings),
+    )
+
+
+def _rows(
+    measured: Measured, decision: choice.Decision, settings: Settings
+) -> list[CandidateReport]:
+    base_time = measured.latency["none"].median_ms
+    rows = []
+    for mode, v in measured.variants.items():
+        t, s = measured.latency.get(mode), measured.scores.get(mode)
+        rows.append(
+            CandidateReport(
+                mode=mode,
+                verdict=decision.verdicts[mode],
+                detail=v.detail,
+                size=v.size,
+                size_ratio=v.size / measured.base_size if v.size is not None else None,
+                latency=t,
+                latency_ratio=t.median_ms / base_time if t and base_time > 0 else None,
+                loss=s.loss if s else None,
+                metrics=dict(s.metrics) if s else {},
+                settings=settings.for_mode(mode),
             )
-        return rows
+        )
+    return rows
 
 
-def _modes(profile: Profile, settings: QuantSettings, requested: str) -> tuple[str, ...]:
+def candidate_modes(profile: Profile, settings: QuantSettings, requested: str) -> tuple[str, ...]:
     """The modes to try: all the profile allows for ``auto``, else float32 and the one asked for;
     UsageError when the profile does not allow it."""
     if requested == "auto":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Optional
 
 from runtime.errors import BundleFormatError, UsageError
-from runtime.fsutil import fsync_dir
+from runtime.fsutil import fsync_dir, out_of_space
 from runtime.tarfmt import TarReader
 from runtime.verify import (
     MANIFEST_MEMBER,
@@ -45,7 +45,8 @@ def read_bundle(
     """Verify the bundle at ``path``; with ``dest`` (an empty folder), extract it there too.
 
     ``dest`` receives ``manifest.json``, ``signatures.json`` and ``payload/...``, each fsynced.
-    Raises a BundleError subclass naming the failed step, or UsageError if the file is missing.
+    Raises a BundleError subclass naming the failed step, UsageError if the file is missing, or
+    StoreError when ``dest`` runs out of space.
     """
     stream = _open_regular(path)
     with stream:
@@ -111,12 +112,15 @@ def _leading_member(reader: TarReader, expected: str, limit: int) -> bytes:
 
 
 def _write(target: Path, chunks: Iterable[bytes], digest: Optional[Any] = None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        for chunk in chunks:
-            if digest is not None:
-                digest.update(chunk)
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write one member; a full disk raises StoreError naming the file (the destination is then
+    garbage, like after any other failure)."""
+    with out_of_space(f"cannot extract {target}"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                if digest is not None:
+                    digest.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())

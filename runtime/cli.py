@@ -1,11 +1,12 @@
 """``edgeship-device``: the device's command line, thin over the runtime library.
 
 Also home of the small click helpers both CLIs share (error → exit code mapping, JSON output).
+Each command imports what it needs when it runs: a device process pays only for its own command
+(``edgeship-device predict`` starts without the signature or install machinery).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -17,12 +18,7 @@ import numpy as np
 
 from runtime import __version__
 from runtime.errors import EXIT_CODES, BundleError, EdgeshipError, StoreError
-from runtime.install import install_bundle, rollback
-from runtime.model import LoadedModel
-from runtime.signing import load_public_key
 from runtime.store import Store, default_home
-from runtime.trust import TrustPolicy
-from runtime.verify import MANIFEST_MEMBER
 
 EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 
@@ -132,6 +128,9 @@ def init(
     as_json: bool,
 ) -> None:
     """Create the device store and its trust policy."""
+    from runtime.signing import load_public_key
+    from runtime.trust import TrustPolicy
+
     store = _store(home)
     if store.initialized() and not force:
         raise StoreError(f"{store.trust_path} exists; use --force to replace it")
@@ -158,6 +157,8 @@ def init(
 @json_option
 def install(bundle: Path, allow_any_target: bool, home: Optional[Path], as_json: bool) -> None:
     """Verify BUNDLE, self-test it, and make it the active version of its model."""
+    from runtime.install import install_bundle
+
     result = install_bundle(
         _store(home), bundle, allow_any_target=allow_any_target, progress=_progress(as_json)
     )
@@ -182,6 +183,8 @@ def install(bundle: Path, allow_any_target: bool, home: Optional[Path], as_json:
 @json_option
 def rollback_cmd(name: str, home: Optional[Path], as_json: bool) -> None:
     """Make the previous version of model NAME active again."""
+    from runtime.install import rollback
+
     result = rollback(_store(home), name)
     emit(
         result.to_dict(),
@@ -196,6 +199,10 @@ rollback_cmd.name = "rollback"
 
 
 def _model_rows(store: Store) -> list[dict[str, Any]]:
+    import hashlib
+
+    from runtime.verify import MANIFEST_MEMBER
+
     rows = []
     floors = store.floors()
     for name in store.names():
@@ -253,19 +260,24 @@ def list_cmd(home: Optional[Path], as_json: bool) -> None:
 @home_option
 @json_option
 def status(home: Optional[Path], as_json: bool) -> None:
-    """Show the store, the trust policy and each model's version, sequence, digest and slot."""
+    """Show the store, the trust policy and each model's version, sequence, digest and slot;
+    with an agent running, its counters since start."""
+    from runtime.agent_cli import agent_summary
+
     store = _store(home)
     policy = store.policy()
     doc = {
         "home": str(store.home),
         "runtime_version": __version__,
         "trust": {
+            "version": policy.version,
             "keys": [k.keyid for k in policy.keys],
             "threshold": policy.threshold,
             "revoked": sorted(policy.revoked),
             "min_sequence": policy.min_sequence,
         },
         "models": _model_rows(store),
+        "agent": agent_summary(store.home),
     }
 
     def human(d: dict[str, Any]) -> None:
@@ -281,8 +293,107 @@ def status(home: Optional[Path], as_json: bool) -> None:
                 f"digest {r['digest'][:12]} self-test "
                 f"{'passed ' + test['at'] if test else 'n/a'}"
             )
+        agent = d["agent"]
+        if agent is None:
+            click.echo("agent: not running")
+            return
+        serve = ", ".join(agent["serve"]) or "no API"
+        click.echo(f"agent: pid {agent['pid']} since {agent['started']} ({serve})")
+        for name, c in agent["counters"].items():
+            latency = c["mean_latency_ms"]
+            click.echo(
+                f"  {name} counters since start: {c['requests']} requests, {c['errors']} errors, "
+                f"{sum(c['rejected'].values())} rejected, {c['out_of_range']} out of range, "
+                f"{c['feedback']} feedback"
+                + (f", mean {latency:.2f} ms" if latency is not None else "")
+            )
 
     emit(doc, as_json, human)
+
+
+@main.command()
+@click.option(
+    "--clear",
+    is_flag=True,
+    help="First remove what interrupted operations left behind, as the next install would.",
+)
+@home_option
+@json_option
+def check(clear: bool, home: Optional[Path], as_json: bool) -> None:
+    """Check the store: links, slot files and digests, signatures, floors (exit 6: damaged)."""
+    from runtime.fsck import check_store, clear_leftovers
+
+    store = _store(home)
+    cleared = clear_leftovers(store) if clear else ()
+    result = check_store(store)
+    doc = {**result.to_dict(), "cleared": list(cleared)}
+
+    def human(d: dict[str, Any]) -> None:
+        for m in d["models"]:
+            click.echo(f"{m['name']}: {m['version']} slot {m['active_slot']} floor {m['floor']}")
+        for kind in ("problems", "warnings"):
+            for f in d[kind]:
+                click.echo(f"{kind[:-1]}: {f['path']}: {f['message']}")
+        for path in d["cleared"]:
+            click.echo(f"cleared: {path}")
+        for path in d["leftovers"]:
+            click.echo(f"leftover (cleared by the next store operation): {path}")
+        if d["ok"]:
+            click.echo(f"store {d['home']} is consistent")
+
+    emit(doc, as_json, human)
+    if not result.ok:
+        raise StoreError(f"{store.home}: {len(result.problems)} problem(s): the store is damaged")
+
+
+@main.group("trust")
+def trust_group() -> None:
+    """Show the trust policy, or replace it with signed updates (docs/keys.md)."""
+
+
+def _show_policy(d: dict[str, Any]) -> None:
+    revoked = set(d["revoked"])
+    click.echo(
+        f"trust policy version {d['version']} in {d['home']}: threshold {d['threshold']}, "
+        f"min_sequence {d['min_sequence']}"
+    )
+    for k in d["keys"]:
+        note = "  REVOKED" if k["id"] in revoked else ""
+        click.echo(f"  key {k['id'][:16]}  {k['name']}{note}")
+    for keyid in sorted(revoked - {k["id"] for k in d["keys"]}):
+        click.echo(f"  revoked {keyid[:16]}")
+
+
+@trust_group.command("show")
+@home_option
+@json_option
+def trust_show(home: Optional[Path], as_json: bool) -> None:
+    """Show the trust policy: version, threshold, keys, revoked key ids, minimum sequence."""
+    store = _store(home)
+    emit({"home": str(store.home), **store.policy().to_dict()}, as_json, _show_policy)
+
+
+@trust_group.command("update")
+@click.argument("updates", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@home_option
+@json_option
+def trust_update(updates: tuple[Path, ...], home: Optional[Path], as_json: bool) -> None:
+    """Verify signed trust policy UPDATES, applied in the order given, and replace the policy.
+
+    Each must be the next version and be signed by a threshold of the keys before it and of
+    its own keys. If any is refused (exit 1), the policy stays as it was.
+    """
+    from runtime.rotation import apply_updates
+
+    result = apply_updates(_store(home), updates)
+    emit(
+        result.to_dict(),
+        as_json,
+        lambda d: click.echo(
+            f"trust policy updated from version {d['previous_version']} to {d['version']}: "
+            f"{len(d['keys'])} key(s), threshold {d['threshold']}, {len(d['revoked'])} revoked"
+        ),
+    )
 
 
 @main.command()
@@ -295,11 +406,24 @@ def status(home: Optional[Path], as_json: bool) -> None:
     help="Request: .json, .csv (header row), .npy, or .npz keyed by input name; "
     "'-' reads JSON from standard input.",
 )
+@click.option(
+    "--explain",
+    "with_explanations",
+    is_flag=True,
+    help="Add per-feature attributions for each row (tabular models; see docs/explain.md).",
+)
 @home_option
 @json_option
-def predict(name: str, input_path: str, home: Optional[Path], as_json: bool) -> None:
-    """Run the active version of model NAME on the rows in FILE."""
+def predict(
+    name: str, input_path: str, with_explanations: bool, home: Optional[Path], as_json: bool
+) -> None:
+    """Run the active version of model NAME on the rows in FILE.
+
+    Values outside the bundle's reference ranges are reported (a warning on standard error, or
+    "out_of_range" in the JSON), or refused with exit code 5 when the bundle says so.
+    """
     from runtime.inputs import read_request, read_request_bytes
+    from runtime.model import LoadedModel
 
     store = _store(home)
     model = LoadedModel.open(store.active_dir(name))
@@ -311,6 +435,15 @@ def predict(name: str, input_path: str, home: Optional[Path], as_json: bool) -> 
         feeds = read_request(Path(input_path), specs)
     prediction = model.predict(feeds)
     doc = {"model": name, "version": model.manifest.version, **prediction.to_dict()}
+    explanation = None
+    if with_explanations:
+        from runtime.explain import explain
+
+        explanation = explain(model, feeds)
+    if explanation is not None:
+        doc["explanations"] = explanation.to_dict()
+    if prediction.ranges and not as_json:
+        click.echo(f"warning: out of the reference range: {prediction.ranges.summary()}", err=True)
 
     def human(d: dict[str, Any]) -> None:
         click.echo(f"{d['model']} {d['version']}")
@@ -318,8 +451,24 @@ def predict(name: str, input_path: str, home: Optional[Path], as_json: bool) -> 
             click.echo(f"classes: {d['classes']}")
         for key, value in d["outputs"].items():
             click.echo(f"{key}: {json.dumps(value, default=_json_default)}")
+        if explanation is None:
+            return
+        for i, row in enumerate(explanation.rows):
+            what = f"p({row.label})" if row.class_index is not None else explanation.output
+            top = ", ".join(f"{k} {v:+.4g}" for k, v in row.top(3))
+            click.echo(f"row {i}: {what} = {row.value:.4g} (baseline {row.base_value:.4g}): {top}")
 
     emit(doc, as_json, human)
+
+
+def _add_agent_commands() -> None:
+    from runtime.agent_cli import agent, feedback
+
+    main.add_command(agent)
+    main.add_command(feedback)
+
+
+_add_agent_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,6 +55,12 @@ class ExpiredError(BundleError):
     step = "expiry"
 
 
+class NotYetValidError(BundleError):
+    """The bundle was made later than the device's clock allows: the device clock is behind."""
+
+    step = "expiry"
+
+
 class TargetMismatchError(BundleError):
     step = "target"
 
@@ -75,6 +81,13 @@ class TrustPolicyError(EdgeshipError):
     """The device's trust policy file is missing or malformed."""
 
     exit_code = 3
+
+
+class TrustUpdateError(TrustPolicyError):
+    """A signed trust policy update was refused (malformed, oversized, not signed by enough of
+    the current and the new keys, or not the next version); the device's policy is unchanged."""
+
+    exit_code = 1
 
 
 class KeyError_(EdgeshipError):  # noqa: N801 - avoid shadowing the builtin KeyError
@@ -116,9 +129,17 @@ class BackendUnavailableError(ModelError):
 
 
 class InputError(EdgeshipError):
-    """A prediction request does not fit the model's input signature."""
+    """A prediction request does not fit the model's input signature.
+
+    ``reason`` is a short fixed word for counting rejections (telemetry, status): ``format``,
+    ``size``, ``names``, ``dtype``, ``shape``, ``batch``, ``non-finite``, ``range``.
+    """
 
     exit_code = 5
+
+    def __init__(self, message: str, reason: str = "format") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # --- store --------------------------------------------------------------------------------------
@@ -139,13 +160,56 @@ class TransportError(EdgeshipError):
     exit_code = 7
 
 
+class ApiError(TransportError):
+    """The local inference API refused a request before any model saw it (unknown route, wrong
+    method, body too large or too slow, server busy). ``status`` is the HTTP status it is answered
+    with; on the client side (``edgeship-device feedback``) it carries the agent's answer, and the
+    exit code follows what failed: 5 a bad request (400), 6 an unknown model (404), 4 the model
+    (500), 7 anything else."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.exit_code = {400: 5, 404: 6, 500: 4}.get(status, TransportError.exit_code)
+
+
+class TelemetryMessageError(TransportError):
+    """A telemetry message is malformed, oversized, of an unknown version, or on a wrong topic."""
+
+
+# --- fleet side ---------------------------------------------------------------------------------
+
+
+class FleetStoreError(EdgeshipError):
+    """The fleet database cannot be opened, read or written (bad URL, server down, schema)."""
+
+    exit_code = 8
+
+
+class AlertRulesError(UsageError):
+    """An alert rules file is too large, not TOML, or has an unknown or badly typed field."""
+
+
+class RemoteInstallError(EdgeshipError):
+    """A device refused a pushed bundle or could not install it (``edgeship push``).
+
+    ``exit_code`` is the device command's own code (both programs share the table), so a bundle
+    the device refused exits 1 here too; the message carries the device's one-line reason.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 EXIT_CODES = {
     0: "success",
-    1: "verification or validation failure (bundle rejected, parity/self-test failed)",
+    1: "verification or validation failure (bundle or trust update rejected, parity or self-test)",
     2: "usage error (bad option, missing file)",
     3: "key or trust policy problem",
     4: "model cannot be converted, loaded or run",
     5: "input does not fit the model",
     6: "device store problem (unknown model, nothing to roll back to)",
     7: "transport failure",
+    8: "fleet database problem",
 }

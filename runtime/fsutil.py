@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
 from pathlib import Path
+from typing import Iterator
+
+from runtime.errors import StoreError
+
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+"""Errors that mean the disk (or the process's file size limit, or a quota) is full."""
+
+
+@contextlib.contextmanager
+def out_of_space(what: str) -> Iterator[None]:
+    """Turn an OSError that means "no room" into StoreError naming ``what``; other errors pass.
+
+    A full disk is an operating condition of a device, not a bug: the caller gets one typed error
+    (exit code 6) whose message keeps the system's own wording ("No space left on device",
+    "File too large", "Disk quota exceeded").
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in OUT_OF_SPACE:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        raise StoreError(f"{what}: {e.strerror or os.strerror(e.errno)}{where}") from e
 
 
 def fsync_dir(path: Path) -> None:
@@ -17,7 +40,12 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename."""
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename.
+
+    On any error (a full disk included) ``path`` keeps its old content and the temp file is gone.
+    """
+    import tempfile  # kept off the start-up path of commands that write nothing
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

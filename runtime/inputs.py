@@ -6,10 +6,8 @@ Every rejection is an :class:`InputError` that says what was expected.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
-import zipfile
 from math import isfinite
 from pathlib import Path
 from typing import Any, Mapping, NoReturn, Optional, Sequence
@@ -29,7 +27,9 @@ def read_request_bytes(
 ) -> dict[str, np.ndarray]:
     """Parse a request in format ``fmt`` (one of FORMATS) into arrays keyed by input name."""
     if len(data) > limits.max_request_bytes:
-        raise InputError(f"request is {len(data)} bytes, the limit is {limits.max_request_bytes}")
+        raise InputError(
+            f"request is {len(data)} bytes, the limit is {limits.max_request_bytes}", "size"
+        )
     if fmt == ".json":
         return _from_json(data, specs)
     if fmt == ".csv":
@@ -59,7 +59,9 @@ def read_request(
 def _single(specs: Sequence[TensorSpec], array: np.ndarray, what: str) -> dict[str, np.ndarray]:
     if len(specs) != 1:
         names = ", ".join(s.name for s in specs)
-        raise InputError(f"this model has several inputs ({names}): {what} holds one; use NPZ/JSON")
+        raise InputError(
+            f"this model has several inputs ({names}): {what} holds one; use NPZ/JSON", "names"
+        )
     return {specs[0].name: array}
 
 
@@ -88,6 +90,8 @@ def _to_array(value: Any, name: str) -> np.ndarray:
 
 
 def _from_csv(data: bytes) -> np.ndarray:
+    import csv  # csv and zipfile load only for the formats that need them (start-up time)
+
     try:
         rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
     except (UnicodeDecodeError, csv.Error) as e:
@@ -118,6 +122,8 @@ def _load_npy(data: bytes) -> np.ndarray:
 
 
 def _from_npz(data: bytes) -> dict[str, np.ndarray]:
+    import zipfile
+
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
@@ -212,7 +218,9 @@ class InputChecker:
             parts.append(f"missing input(s) {', '.join(missing)}")
         if extra:
             parts.append(f"unknown input(s) {', '.join(map(str, extra))}")
-        raise InputError(f"{'; '.join(parts)} (the model takes {', '.join(sorted(self._names))})")
+        raise InputError(
+            f"{'; '.join(parts)} (the model takes {', '.join(sorted(self._names))})", "names"
+        )
 
     def _one(self, plan: _Plan, value: Any) -> np.ndarray:
         spec = plan.spec
@@ -220,25 +228,27 @@ class InputChecker:
         want = plan.dtype
         if array.dtype is not want and array.dtype != want:
             if not _castable(array.dtype, want):
-                raise InputError(f"{spec.name}: expected {spec.dtype}, got {array.dtype}")
+                raise InputError(f"{spec.name}: expected {spec.dtype}, got {array.dtype}", "dtype")
             array = array.astype(want)
         shape = array.shape
         if len(shape) != plan.rank:
             if not (plan.expand and len(shape) == plan.rank - 1):
                 raise InputError(
-                    f"{spec.name}: expected rank {plan.rank} {plan.text}, got {array.shape}"
+                    f"{spec.name}: expected rank {plan.rank} {plan.text}, got {array.shape}",
+                    "shape",
                 )
             array = array[np.newaxis, ...]
             shape = array.shape
         for axis, dim in plan.fixed:
             if shape[axis] != dim:
                 raise InputError(
-                    f"{spec.name}: dimension {axis} must be {dim} {plan.text}, got {array.shape}"
+                    f"{spec.name}: dimension {axis} must be {dim} {plan.text}, got {array.shape}",
+                    "shape",
                 )
         if shape and shape[0] > self._max_rows:
-            raise InputError(f"{spec.name}: batch of {shape[0]} > {self._max_rows}")
+            raise InputError(f"{spec.name}: batch of {shape[0]} > {self._max_rows}", "batch")
         if plan.floating and not _all_finite(array):
-            raise InputError(f"{spec.name}: contains NaN or infinity")
+            raise InputError(f"{spec.name}: contains NaN or infinity", "non-finite")
         return array
 
 

@@ -18,10 +18,12 @@ from typing import Any, Optional
 
 import devices
 from runtime.bundle import Progress, read_bundle
+from runtime.clock import trusted_time
 from runtime.errors import PayloadError, StoreError
+from runtime.fsutil import out_of_space
 from runtime.manifest import Manifest, format_time
 from runtime.selftest import SelfTestReport, run_selftest
-from runtime.store import Store
+from runtime.store import SLOTS, Store
 from runtime.verify import MANIFEST_MEMBER, SIGNATURES_MEMBER, BundleVerifier, DeviceIdentity
 
 
@@ -57,6 +59,18 @@ def _now(now: Optional[datetime]) -> datetime:
     return now if now is not None else datetime.now(timezone.utc)
 
 
+def device_time(store: Store, clock: Optional[datetime] = None) -> datetime:
+    """The time verification runs at: the device clock (``clock``, default now), but never
+    earlier than the newest ``created`` of a bundle in the store (``runtime.clock``)."""
+    known = [
+        store.slot_manifest(name, slot).created
+        for name in store.names()
+        for slot in SLOTS
+        if store.slot_dir(name, slot).is_dir()
+    ]
+    return trusted_time(_now(clock), known)
+
+
 def install_bundle(
     store: Store,
     bundle: Path,
@@ -66,11 +80,17 @@ def install_bundle(
     progress: Optional[Progress] = None,
 ) -> InstallResult:
     """Verify, self-test and activate ``bundle``. Raises a BundleError (rejected), SelfTestError
-    (kept the old model), or StoreError/TrustPolicyError (device not initialized)."""
-    with store.lock():
+    (kept the old model), TrustPolicyError (device not initialized), or StoreError (store
+    damaged, or the disk full: the old model stays active).
+
+    ``now`` is the device clock; verification runs at :func:`device_time`."""
+    with out_of_space(f"cannot install {bundle}"), store.lock():
         policy = store.policy()
         verifier = BundleVerifier(
-            policy, this_device(allow_any_target), now=_now(now), floors=store.floors()
+            policy,
+            this_device(allow_any_target),
+            now=device_time(store, now),
+            floors=store.floors(),
         )
         staged = store.staging_dir()
         result = read_bundle(bundle, verifier, dest=staged, progress=progress)
@@ -138,7 +158,7 @@ def rollback(store: Store, name: str, now: Optional[datetime] = None) -> Rollbac
     lowered: rollback is an explicit act on the device. Raises StoreError when there is nothing
     older to go back to, a BundleError when the previous version is no longer acceptable.
     """
-    with store.lock():
+    with out_of_space(f"cannot roll {name} back"), store.lock():
         active = store.active_slot(name)
         if active is None:
             raise StoreError(f"no model called {name!r} is installed")
@@ -153,7 +173,7 @@ def rollback(store: Store, name: str, now: Optional[datetime] = None) -> Rollbac
                 f"roll back to (install its bundle again to go forward)"
             )
         folder = store.slot_dir(name, other)
-        verifier = BundleVerifier(store.policy(), this_device(True), now=_now(now))
+        verifier = BundleVerifier(store.policy(), this_device(True), now=device_time(store, now))
         verifier.check_manifest(
             (folder / MANIFEST_MEMBER).read_bytes(), (folder / SIGNATURES_MEMBER).read_bytes()
         )

@@ -45,7 +45,10 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with second precision, the only time form a manifest holds."""
-    return moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
+    utc = moment.astimezone(timezone.utc)
+    # strftime's %Y does not pad years before 1000 on every platform ("603-01-01…"), which
+    # parse_time would then refuse: a parsed manifest must survive its own round trip.
+    return f"{utc.year:04d}" + utc.strftime(TIME_FORMAT[2:])
 
 
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -79,6 +82,14 @@ def _opt(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
     if doc.get(key) is None:
         return None
     return _get(doc, key, kind, where)
+
+
+def _float(value: Any, where: str) -> float:
+    """``value`` (a JSON int or float) as a float; an integer too large for one is refused."""
+    try:
+        return float(value)
+    except OverflowError as e:
+        raise ManifestError(f"{where}: number out of range") from e
 
 
 def _match(value: str, pattern: re.Pattern[str], where: str, what: str) -> str:
@@ -254,8 +265,8 @@ class SelfTest:
         where = "selftest"
         if not isinstance(doc, dict):
             raise ManifestError(f"{where}: expected an object")
-        rtol = float(_get(doc, "rtol", (int, float), where))
-        atol = float(_get(doc, "atol", (int, float), where))
+        rtol = _float(_get(doc, "rtol", (int, float), where), f"{where}.rtol")
+        atol = _float(_get(doc, "atol", (int, float), where), f"{where}.atol")
         if not (0 <= rtol < 1 and atol >= 0):
             raise ManifestError("selftest: tolerances out of range")
         latency = _opt(doc, "max_latency_ms", (int, float), where)
@@ -263,7 +274,7 @@ class SelfTest:
             file=_match(_get(doc, "file", str, where), PATH_RE, "selftest.file", "a safe path"),
             rtol=rtol,
             atol=atol,
-            max_latency_ms=float(latency) if latency is not None else None,
+            max_latency_ms=None if latency is None else _float(latency, "selftest.max_latency_ms"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,6 +284,30 @@ class SelfTest:
             "atol": self.atol,
             "max_latency_ms": self.max_latency_ms,
         }
+
+
+OUT_OF_RANGE_POLICIES = ("flag", "reject")
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """What the device does with request values outside the reference profile's ranges:
+    ``flag`` (count and report them, the default) or ``reject`` (refuse the request)."""
+
+    out_of_range: str = "flag"
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> InputPolicy:
+        where = "input_policy"
+        if not isinstance(doc, dict):
+            raise ManifestError(f"{where}: expected an object")
+        value = _opt(doc, "out_of_range", str, where)
+        if value is None:
+            return cls()
+        return cls(_choice(value, OUT_OF_RANGE_POLICIES, f"{where}.out_of_range"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_of_range": self.out_of_range}
 
 
 _KNOWN = (
@@ -291,6 +326,7 @@ _KNOWN = (
     "reference_profile",
     "provenance",
     "description",
+    "input_policy",
 )
 
 
@@ -313,6 +349,8 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    input_policy: Optional[InputPolicy] = None
+    """Absent from the document: ``None``, and the default policy applies."""
 
     @classmethod
     def from_dict(cls, doc: Any) -> Manifest:
@@ -353,6 +391,9 @@ class Manifest:
             provenance=_opt(doc, "provenance", dict, where) or {},
             description=_opt(doc, "description", str, where) or "",
             extra=_extra(doc, _KNOWN),
+            input_policy=InputPolicy.from_dict(doc["input_policy"])
+            if doc.get("input_policy") is not None
+            else None,
         )
         expected_backend = {"onnx": "onnxruntime", "tflite": "litert"}[manifest.model.format]
         if manifest.target.backend != expected_backend:
@@ -383,7 +424,14 @@ class Manifest:
             provenance=self.provenance,
             description=self.description,
         )
+        if self.input_policy is not None:
+            doc["input_policy"] = self.input_policy.to_dict()
         return doc
+
+    @property
+    def out_of_range_policy(self) -> str:
+        """``flag`` or ``reject``: the bundle's ``input_policy.out_of_range``, default ``flag``."""
+        return (self.input_policy or InputPolicy()).out_of_range
 
     @property
     def bundle_filename(self) -> str:

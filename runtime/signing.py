@@ -118,20 +118,29 @@ class Envelope:
         return cls(tuple(out))
 
 
-def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> Signature:
-    """Sign manifest bytes with one private key (deterministic: Ed25519 has no nonce input)."""
-    return Signature(key_id(key.public_key()), key.sign(pae(PAYLOAD_TYPE, manifest_bytes)))
+def sign(
+    manifest_bytes: bytes, key: Ed25519PrivateKey, payload_type: str = PAYLOAD_TYPE
+) -> Signature:
+    """Sign manifest bytes with one private key (deterministic: Ed25519 has no nonce input).
+
+    ``payload_type`` is bound into the signed message, so a signature over one kind of document
+    (a manifest, a trust policy) never verifies as the other.
+    """
+    return Signature(key_id(key.public_key()), key.sign(pae(payload_type, manifest_bytes)))
 
 
 def valid_signers(
-    manifest_bytes: bytes, envelope: Envelope, keys: dict[str, Ed25519PublicKey]
+    manifest_bytes: bytes,
+    envelope: Envelope,
+    keys: dict[str, Ed25519PublicKey],
+    payload_type: str = PAYLOAD_TYPE,
 ) -> tuple[set[str], set[str], set[str]]:
-    """Check each signature against the known ``keys``.
+    """Check each signature over ``payload_type`` and the bytes against the known ``keys``.
 
     Returns (key ids whose signature is valid, key ids that are unknown, key ids whose signature
     does not match). A key id counts once however often it appears.
     """
-    message = pae(PAYLOAD_TYPE, manifest_bytes)
+    message = pae(payload_type, manifest_bytes)
     good: set[str] = set()
     unknown: set[str] = set()
     bad: set[str] = set()

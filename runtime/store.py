@@ -19,17 +19,17 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from runtime.errors import StoreError
 from runtime.fsutil import atomic_symlink, atomic_write
 from runtime.manifest import NAME_RE, Manifest
-from runtime.trust import TrustPolicy
 from runtime.verify import MANIFEST_MEMBER, parse_manifest
+
+if TYPE_CHECKING:  # loading the crypto library costs a process that only serves models
+    from runtime.trust import TrustPolicy
 
 SLOTS = ("a", "b")
 HISTORY_LIMIT = 50
@@ -97,6 +97,8 @@ class Store:
         return self.trust_path.exists()
 
     def policy(self) -> TrustPolicy:
+        from runtime.trust import TrustPolicy
+
         return TrustPolicy.load(self.trust_path)
 
     def save_policy(self, policy: TrustPolicy) -> None:
@@ -122,6 +124,8 @@ class Store:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _clear_tmp(self) -> None:
+        import shutil  # the write path's modules stay out of processes that only read the store
+
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir)
         for leftover in self.models_dir.glob("*/.current.tmp"):
@@ -132,6 +136,8 @@ class Store:
             leftover.unlink()
 
     def staging_dir(self) -> Path:
+        import tempfile
+
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix="stage-", dir=self.tmp_dir))
         staged.chmod(0o755)
@@ -211,6 +217,9 @@ class Store:
 
     def place_slot(self, name: str, staged: Path) -> str:
         """Move a verified, self-tested staging folder into the inactive slot; return the slot."""
+        import shutil
+        import tempfile
+
         active = self.active_slot(name)
         slot = "a" if active is None else SLOTS[1 - SLOTS.index(active)]
         target = self.slot_dir(name, slot)

@@ -1,5 +1,6 @@
 """The device's trust policy (``trust.toml``): which keys it trusts, how many must sign, which
-key ids are revoked, and the lowest sequence it accepts.
+key ids are revoked, the lowest sequence it accepts, and the policy's own version (raised by one
+with every signed update, ``runtime.rotation``).
 
 ``TrustPolicy`` is a value; ``check_signatures`` is the trust decision the verifier makes with it.
 """
@@ -29,6 +30,7 @@ from runtime.signing import (
 MAX_POLICY_BYTES = 256 * 1024
 KEYID_RE = re.compile(r"^[0-9a-f]{64}$")
 POLICY_VERSION = 1
+"""The version of a policy that never went through an update (and of files without one)."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,11 @@ class TrustPolicy:
     threshold: int = 1
     revoked: frozenset[str] = field(default_factory=frozenset)
     min_sequence: int = 0
+    version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
+        if self.version < 1:
+            raise TrustPolicyError("version must be at least 1")
         if self.threshold < 1:
             raise TrustPolicyError("threshold must be at least 1")
         usable = {k.keyid for k in self.keys} - self.revoked
@@ -101,7 +106,7 @@ class TrustPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "version": POLICY_VERSION,
+            "version": self.version,
             "threshold": self.threshold,
             "min_sequence": self.min_sequence,
             "revoked": sorted(self.revoked),
@@ -117,8 +122,9 @@ class TrustPolicy:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TrustPolicy:
-        if doc.get("version") != POLICY_VERSION:
-            raise TrustPolicyError(f"trust policy: version must be {POLICY_VERSION}")
+        version = doc.get("version", POLICY_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise TrustPolicyError("trust policy: version must be an integer of at least 1")
         keys = []
         for i, entry in enumerate(_list(doc, "keys")):
             if not isinstance(entry, dict) or not isinstance(entry.get("ed25519"), str):
@@ -136,7 +142,7 @@ class TrustPolicy:
         threshold, min_sequence = doc.get("threshold", 1), doc.get("min_sequence", 0)
         if any(isinstance(v, bool) or not isinstance(v, int) for v in (threshold, min_sequence)):
             raise TrustPolicyError("trust policy: threshold and min_sequence must be integers")
-        return cls(tuple(keys), threshold, frozenset(revoked), min_sequence)
+        return cls(tuple(keys), threshold, frozenset(revoked), min_sequence, version)
 
     @classmethod
     def load(cls, path: Path) -> TrustPolicy:

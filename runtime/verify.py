@@ -12,12 +12,12 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
+from runtime.clock import DEFAULT_CLOCK_LIMITS, ClockLimits, check_validity
 from runtime.errors import (
     BundleFormatError,
     BundleSizeError,
-    ExpiredError,
     ManifestError,
     PayloadError,
     RollbackError,
@@ -25,8 +25,9 @@ from runtime.errors import (
 )
 from runtime.limits import DEFAULT_BUNDLE_LIMITS, BundleLimits
 from runtime.manifest import PATH_RE, FileEntry, Manifest
-from runtime.signing import Envelope
-from runtime.trust import TrustPolicy
+
+if TYPE_CHECKING:  # loading the crypto library costs a process that only reads manifests
+    from runtime.trust import TrustPolicy
 
 MANIFEST_MEMBER = "manifest.json"
 SIGNATURES_MEMBER = "signatures.json"
@@ -72,12 +73,14 @@ class BundleVerifier:
         now: datetime,
         floors: Optional[Mapping[str, int]] = None,
         limits: BundleLimits = DEFAULT_BUNDLE_LIMITS,
+        clock: ClockLimits = DEFAULT_CLOCK_LIMITS,
     ) -> None:
         self.policy = policy
         self.device = device
         self.now = now
         self.floors = dict(floors or {})
         self.limits = limits
+        self.clock = clock
 
     def floor(self, name: str) -> int:
         """The lowest sequence acceptable for model ``name`` on this device."""
@@ -90,18 +93,18 @@ class BundleVerifier:
             )
 
     def check_manifest(self, manifest_bytes: bytes, envelope_bytes: bytes) -> VerifiedManifest:
-        """Steps 1-6: limits, parse, signatures, expiry, target, sequence."""
+        """Steps 1-6: limits, parse, signatures, validity period (``runtime.clock``), target,
+        sequence."""
         if len(manifest_bytes) > self.limits.max_manifest_bytes:
             raise BundleSizeError(f"manifest larger than {self.limits.max_manifest_bytes} bytes")
         if len(envelope_bytes) > self.limits.max_signatures_bytes:
             raise BundleSizeError(f"signatures larger than {self.limits.max_signatures_bytes}")
+        from runtime.signing import Envelope
+
         manifest = parse_manifest(manifest_bytes)
         envelope = Envelope.from_bytes(envelope_bytes, self.limits)
         signers = self.policy.check_signatures(manifest_bytes, envelope)
-        if manifest.expires is not None and self.now >= manifest.expires:
-            raise ExpiredError(
-                f"{manifest.name} {manifest.version} expired at {manifest.expires:%Y-%m-%d %H:%M}Z"
-            )
+        check_validity(manifest, self.now, self.clock)
         self._check_target(manifest)
         floor = self.floor(manifest.name)
         if manifest.sequence < floor:

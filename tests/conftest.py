@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from packager.keys import generate
 from runtime.signing import load_public_key
 from runtime.store import Store
 from runtime.trust import TrustPolicy
+from tests.broker import Broker
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,18 @@ def device(tmp_path: Path, keys: Keys) -> Store:
     store = Store(tmp_path / "device")
     store.save_policy(TrustPolicy.create([(keys.public("release"), "release")]))
     return store
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Start real mosquitto brokers (see tests/broker.py); all are stopped after the test."""
+    started: list[Broker] = []
+
+    def start(**options: Any) -> Broker:
+        broker = Broker(tmp_path / f"broker{len(started)}", **options).start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.kill()

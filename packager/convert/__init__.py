@@ -26,6 +26,10 @@ Warn = Callable[[str], None]
 SKLEARN_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle")
 TFLITE_SUFFIXES = (".tflite",)
 TORCH_SUFFIXES = (".pt2", ".pt")
+KERAS_SUFFIXES = (".keras", ".h5")
+VariantMaker = Callable[[str, Arrays], bytes]
+"""Makes the ``mode`` variant (dynamic, static, fp16) of a model from its source, with these
+calibration rows; raises ConversionError."""
 
 
 @dataclass
@@ -43,6 +47,10 @@ class Converted:
     labels: Optional[list[Any]] = None
     label_output: Optional[str] = None
     converter: dict[str, str] = field(default_factory=dict)
+    variants: Optional[VariantMaker] = None
+    """For a TFLite model converted here (Keras): makes its quantized variants. None: the model
+    ships as converted (a ``.tflite`` file as given), or is quantized by ``packager.quantize``
+    (ONNX)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -85,10 +93,14 @@ def convert(
         from packager.convert.from_torch import convert_torch
 
         return convert_torch(path, sample, warn)
+    if suffix in KERAS_SUFFIXES:
+        from packager.convert.from_keras import convert_keras
+
+        return convert_keras(path, sample, warn)
     raise UsageError(
         f"{path.name}: unsupported model type; use .onnx, .tflite, a scikit-learn model saved as "
-        ".skops (preferred), .joblib or .pkl, or a PyTorch model: an exported program (.pt2, "
-        "preferred) or a whole module saved with torch.save (.pt)"
+        ".skops (preferred), .joblib or .pkl, a PyTorch model: an exported program (.pt2, "
+        "preferred) or a whole module saved with torch.save (.pt), or a Keras model (.keras, .h5)"
     )
 
 

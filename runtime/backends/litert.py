@@ -65,6 +65,16 @@ def spec_from_detail(detail: dict[str, Any]) -> TensorSpec:
     return TensorSpec(str(detail["name"]), _dtype_name(detail), shape)
 
 
+def _per_tensor(details: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
+    found = {}
+    for detail in details:
+        params = detail.get("quantization_parameters", {})
+        scales, zero_points = params.get("scales", ()), params.get("zero_points", ())
+        if len(scales) == 1 and len(zero_points) == 1 and float(scales[0]) > 0:
+            found[str(detail["name"])] = (float(scales[0]), int(zero_points[0]))
+    return found
+
+
 class LiteRTBackend(Backend):
     """A ``.tflite`` model in a LiteRT interpreter. Inputs whose shape differs from the current
     allocation are resized (only along dims the model declares dynamic) before the run."""
@@ -94,13 +104,12 @@ class LiteRTBackend(Backend):
     def input_quantization(self) -> dict[str, tuple[float, int]]:
         """``{input name: (scale, zero_point)}`` for inputs quantized per tensor: real value =
         scale * (q - zero_point). Float inputs and per-channel ones are absent."""
-        found = {}
-        for detail in self._in:
-            params = detail.get("quantization_parameters", {})
-            scales, zero_points = params.get("scales", ()), params.get("zero_points", ())
-            if len(scales) == 1 and len(zero_points) == 1 and float(scales[0]) > 0:
-                found[str(detail["name"])] = (float(scales[0]), int(zero_points[0]))
-        return found
+        return _per_tensor(self._in)
+
+    @property
+    def output_quantization(self) -> dict[str, tuple[float, int]]:
+        """Like :attr:`input_quantization`, for the outputs."""
+        return _per_tensor(self._out)
 
     def _refresh(self) -> None:
         self._in = self._interp.get_input_details()

@@ -55,6 +55,11 @@ class OnnxBackend(Backend):
         self._inputs = tuple(spec_from_ort(a) for a in self._session.get_inputs())
         self._outputs = tuple(spec_from_ort(a) for a in self._session.get_outputs())
         self._output_names = [o.name for o in self._outputs]
+        # The session's own ``run`` re-validates the feed names and dtypes in Python before
+        # calling the C++ session; InputChecker has already done exactly that, so call the C++
+        # session directly when this onnxruntime exposes it (every release since 1.0 does).
+        inner = getattr(self._session, "_sess", None)
+        self._call = inner.run if inner is not None and hasattr(inner, "run") else None
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -66,7 +71,9 @@ class OnnxBackend(Backend):
 
     def _run(self, feeds: Arrays) -> dict[str, np.ndarray]:
         # onnxruntime takes a dict: copy only what is not one already (the input checker's is)
-        results = self._session.run(
-            self._output_names, feeds if type(feeds) is dict else dict(feeds)
-        )
+        feed = feeds if type(feeds) is dict else dict(feeds)
+        if self._call is not None:
+            results = self._call(self._output_names, feed, None)
+        else:
+            results = self._session.run(self._output_names, feed)
         return dict(zip(self._output_names, results))

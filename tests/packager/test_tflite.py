@@ -160,3 +160,89 @@ def test_is_tflite_checks_the_file_identifier(float_model: Path) -> None:
     assert is_tflite(float_model.read_bytes())
     assert not is_tflite(b"TFL3")
     assert not is_tflite(b"\x00" * 16)
+
+
+# The validation gate for .tflite files: the file ships as given, measured with LiteRT.
+
+
+def _gate_build(keys, tmp_path: Path, model: Path, x: np.ndarray, labels=None, **extra):
+    from packager.build import BuildOptions, build
+    from packager.evaluate import LatencySettings
+
+    np.save(tmp_path / "sample.npy", x[:10])
+    np.save(tmp_path / "validation.npy", x)
+    if labels is not None:
+        np.save(tmp_path / "labels.npy", labels)
+    tables: list[dict] = []
+    [result] = build(
+        BuildOptions(
+            model=model,
+            targets=("x86_64-generic",),
+            keys=(keys.key("release"),),
+            name="lite",
+            version="1.0.0",
+            sample=tmp_path / "sample.npy",
+            validation=tmp_path / "validation.npy",
+            labels=tmp_path / "labels.npy" if labels is not None else None,
+            out=tmp_path / "dist",
+            latency=LatencySettings(seconds=0.05, max_rounds=5, min_rounds=2, warmup=1),
+            **extra,
+        ),
+        table=lambda _profile, report: tables.append(report),
+    )
+    return result, tables
+
+
+def test_float_tflite_gate_reports_labelled_metrics_measured_with_litert(keys, tmp_path) -> None:
+    x = np.random.default_rng(3).normal(size=(40, 4)).astype(np.float32)
+    labels = tm.expected_float(x).argmax(axis=1)
+    labels[:4] = (labels[:4] + 1) % 3  # four wrong answers: accuracy 0.9 exactly
+    result, tables = _gate_build(keys, tmp_path, tm.float_mlp(tmp_path / "m.tflite"), x, labels)
+
+    metrics = result.manifest.validation["metrics"]
+    assert metrics["data"] == "validation" and metrics["rows"] == 40 and metrics["labels"]
+    assert metrics["original"]["accuracy"] == pytest.approx(0.9)
+    assert metrics["packaged"]["accuracy"] == pytest.approx(0.9)
+    assert {"precision_macro", "recall_macro", "f1_macro"} <= set(metrics["packaged"])
+    assert metrics["packaged"]["max_abs_diff"] == 0.0  # the same file as the original
+    assert metrics["gate"] == {
+        "measure": "accuracy drop",
+        "value": 0.0,
+        "max": 0.01,
+        "passed": True,
+    }
+    [table] = tables
+    [row] = table["candidates"]
+    assert row["mode"] == "none" and row["verdict"] == "chosen"
+    assert row["metrics"]["accuracy"] == pytest.approx(0.9)
+    assert row["size"] == (tmp_path / "m.tflite").stat().st_size
+    assert row["latency_ms"]["p50"] > 0
+    assert "LiteRT" in result.manifest.quantization["reason"]
+
+
+def test_int8_tflite_outputs_are_scored_as_real_numbers(keys, tmp_path) -> None:
+    model = tm.int8_fc(tmp_path / "q.tflite")
+    x = np.random.default_rng(4).normal(size=(30, 4)).astype(np.float32)
+    codes = run_packaged(model.read_bytes(), "tflite", {"input_q": tm.quantize_input(x)})
+    values = (codes["output_q"].astype(np.float64) - tm.INT8_OUT_ZP) * tm.INT8_OUT_SCALE
+    labels = values.argmax(axis=1)
+    labels[:3] = (labels[:3] + 1) % 3
+    result, _ = _gate_build(keys, tmp_path, model, x, labels)
+    metrics = result.manifest.validation["metrics"]
+    assert metrics["packaged"]["accuracy"] == pytest.approx(0.9)
+    assert metrics["original"]["accuracy"] == pytest.approx(0.9)
+
+
+def test_tflite_gate_without_labels_measures_agreement(keys, tmp_path) -> None:
+    x = np.random.default_rng(5).normal(size=(20, 4)).astype(np.float32)
+    result, [table] = _gate_build(keys, tmp_path, tm.float_mlp(tmp_path / "m.tflite"), x)
+    packaged = result.manifest.validation["metrics"]["packaged"]
+    assert packaged["max_abs_diff"] == 0.0 and packaged["output_r2"] == 1.0
+    assert table["measure"] == "1 - output R²"
+
+
+def test_a_tflite_file_is_not_requantized(keys, tmp_path) -> None:
+    x = np.random.default_rng(6).normal(size=(20, 4)).astype(np.float32)
+    with pytest.raises(UsageError, match="ships as given"):
+        _gate_build(keys, tmp_path, tm.float_mlp(tmp_path / "m.tflite"), x, quantize="static")
+    assert not (tmp_path / "dist").exists()

@@ -226,6 +226,7 @@ CASES = [
     Case("manifest-not-utf8", lambda k: manifest_text(k, b'"description":""', b'"description":"\xff"'), ManifestError, "manifest", "not JSON"),
     Case("manifest-with-nan", lambda k: manifest_text(k, b'"atol":0.0001', b'"atol":NaN'), ManifestError, "manifest", "NaN is not allowed"),
     Case("manifest-with-overflowing-float", lambda k: manifest_text(k, b'"atol":0.0001', b'"atol":1e999'), ManifestError, "manifest", "not finite"),
+    Case("manifest-with-huge-integer-tolerance", lambda k: manifest_text(k, b'"atol":0.0001', b'"atol":1' + b"0" * 400), ManifestError, "manifest", "selftest.atol: number out of range"),  # found by fuzz/fuzz_manifest.py
     Case("manifest-with-duplicate-key", lambda k: manifest_text(k, b'{"created"', b'{"sequence":99,"created"'), ManifestError, "manifest", "'sequence' appears twice"),
     Case("manifest-nested-too-deep", lambda k: manifest_text(k, b'"description":""', b'"description":' + b"[" * 100000 + b"]" * 100000), ManifestError, "manifest", "not JSON"),
     Case("manifest-is-a-list", lambda k: k.bundle(h.resigned(k.base, k.key("release"), manifest_bytes=b"[]")), ManifestError, "manifest", "expected a JSON object"),

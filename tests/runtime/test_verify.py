@@ -209,6 +209,9 @@ def test_payload_checker_accepts_exactly_the_manifest(template: dict[str, Any]) 
         (b'"rtol":0.001', b'"rtol":Infinity', "Infinity is not allowed"),
         (b'"description":""', b'"description":' + b"[" * 50000 + b"]" * 50000, "not JSON"),
         (b'"sequence":11', b'"sequence":1' + b"0" * 5000, r"not JSON|manifest\.sequence"),
+        # found by fuzz/fuzz_manifest.py: float() of a huge integer raised OverflowError
+        (b'"atol":0.0001', b'"atol":1' + b"0" * 400, "selftest.atol: number out of range"),
+        (b'"rtol":0.001', b'"rtol":-1' + b"0" * 400, "selftest.rtol: number out of range"),
     ],
 )
 def test_parse_manifest_is_stricter_than_json(
@@ -230,3 +233,14 @@ def test_parse_manifest_refuses_a_path_that_is_also_a_folder(template: dict[str,
     assert len(parse_manifest(listing("a/b", "a/c", "ab/b")).files) == len(template["files"]) + 3
     with pytest.raises(ManifestError, match="'a/b' is both a file and a folder"):
         parse_manifest(listing("a/b/c/d", "a/b"))
+
+
+@pytest.mark.parametrize("moment", ["0603-01-01T00:00:00Z", "0001-01-01T00:00:00Z"])
+def test_a_parsed_manifest_survives_its_round_trip(template: dict[str, Any], moment: str) -> None:
+    """Found by fuzz/fuzz_manifest.py: a year before 1000 was written back unpadded ("603-…"),
+    which the parser then refused."""
+    doc = {**template, "expires": moment, "created": moment}
+    manifest = parse_manifest(canonical_bytes(doc))
+    again = parse_manifest(canonical_bytes(manifest.to_dict()))
+    assert again.to_dict() == manifest.to_dict()
+    assert manifest.to_dict()["expires"] == moment

@@ -1,0 +1,77 @@
+"""The SQLite fleet store (``sqlite:///fleet.db``): one file, the default.
+
+Write-ahead log with ``synchronous=FULL``, so a committed batch survives a crash of the process
+or the machine before the monitor acknowledges its messages. Several processes may share the file
+(each write transaction takes SQLite's write lock up front, waiting up to ``BUSY_TIMEOUT_S``), but
+one writer at a time is all SQLite allows: several monitors want PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Optional
+
+from packager.fleet.sql import SqlStore, schema
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a write waits for another process's write transaction (seconds)."""
+
+
+class SqliteStore(SqlStore):
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._call(self._conn)
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def _connect(self) -> Any:
+        if self.path.parent and not self.path.parent.is_dir():
+            raise sqlite3.OperationalError(f"folder {self.path.parent} does not exist")
+        conn = sqlite3.connect(
+            str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in schema("INTEGER PRIMARY KEY"):
+                conn.execute(statement)
+            self._check_schema(conn.cursor())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _begin(self, conn: Any) -> Any:
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        return cur
+
+    def _commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def _insert_seen(self, cur: Any, rows: list[tuple[Any, ...]]) -> set[tuple[str, str, int]]:
+        new = set()
+        for row in rows:
+            cur.execute(
+                "INSERT OR IGNORE INTO fleet_seen (fleet, device, seq, kind, received) "
+                "VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+            if cur.rowcount == 1:
+                new.add(row[:3])
+        return new
+
+    def _insert_alert(self, cur: Any, values: tuple[Any, ...]) -> Optional[int]:
+        cur.execute(
+            "INSERT OR IGNORE INTO fleet_alerts (rule, kind, severity, fleet, device, model, "
+            "value, threshold, message, opened, cleared) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
+        )
+        return int(cur.lastrowid) if cur.rowcount == 1 else None

@@ -1,0 +1,1 @@
+"""The local inference API (Open Inference Protocol REST) served by the device agent."""

@@ -1,0 +1,1 @@
+"""Device telemetry: messages, the disk spool, windows of aggregates, and the MQTT link."""

@@ -1,0 +1,253 @@
+"""One model version's aggregates over one telemetry window: requests in, a report out.
+
+:class:`ModelWindow` takes observations in batches (the window thread hands them over, never the
+request's thread) and counts them exactly; values needed whole are bounded by
+:class:`WindowLimits` and kept as uniform samples past the bound (``runtime.telemetry.sampling``).
+:meth:`ModelWindow.report` turns it into the per-model part of a telemetry message
+(docs/telemetry.md): counts, rejection reasons, missing and out-of-range values, latency
+percentiles, the prediction distribution, drift per feature, and accuracy or error from feedback.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from runtime.service import FeedbackRecord, Observation
+from runtime.telemetry.drift import FeatureBaseline, drift_scores
+from runtime.telemetry.sampling import LogHistogram, Reservoir, same
+
+QUANTILES = (5, 25, 50, 75, 95)
+OTHER = "_other"
+"""Where classes, rejection reasons or features past their bound are counted."""
+
+_rejected = attrgetter("rejected")
+_error = attrgetter("error")
+_rows = attrgetter("rows")
+_latency_s = attrgetter("latency_s")
+_out_of_range = attrgetter("out_of_range")
+_predicted = attrgetter("predicted")
+_feeds = attrgetter("feeds")
+
+
+@dataclass(frozen=True)
+class WindowLimits:
+    """What one model's window may hold; counts are exact whatever these say."""
+
+    drift_requests: int = 1_024
+    """Requests whose inputs are kept (copied) for drift."""
+    drift_rows: int = 8_192
+    """Rows drift is computed over when the window closes (drawn uniformly from those kept)."""
+    prediction_samples: int = 4_096
+    """Regression outputs (one array per request) kept for quantiles."""
+    classes: int = 256
+    """Distinct predicted classes counted; the rest count as ``_other``."""
+    keys: int = 1_024
+    """Distinct rejection reasons or out-of-range features counted."""
+    queue: int = 8_192
+    """Observations waiting for the window thread; a request that finds this many waiting
+    hands them over itself, so memory stays bounded under any load."""
+
+    def __post_init__(self) -> None:
+        values = (
+            self.drift_requests,
+            self.drift_rows,
+            self.prediction_samples,
+            self.classes,
+            self.keys,
+            self.queue,
+        )
+        if min(values) < 1:
+            raise ValueError("window limits must be positive")
+
+
+def _bump(counts: dict[str, int], key: str, by: int, cap: int) -> None:
+    if key in counts or len(counts) < cap:
+        counts[key] = counts.get(key, 0) + by
+    else:
+        counts[OTHER] = counts.get(OTHER, 0) + by
+
+
+def _copy(feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {name: np.array(value, copy=True) for name, value in feeds.items()}
+
+
+class ModelWindow:
+    """Aggregates of one model version. Not thread-safe: the collector's lock guards it."""
+
+    def __init__(self, version: str, limits: WindowLimits, rng: random.Random) -> None:
+        self.version = version
+        self.limits = limits
+        self.requests = self.rows = self.errors = 0
+        self.last_error: Optional[str] = None
+        self.rejected: dict[str, int] = {}
+        self.rejected_rows: dict[str, int] = {}
+        self.out_of_range: dict[str, int] = {}
+        self.latencies = LogHistogram()
+        self.classes: dict[str, int] = {}
+        self.values: Reservoir[np.ndarray] = Reservoir(limits.prediction_samples, rng)
+        self.value_rows = 0
+        self.inputs: Reservoir[dict[str, np.ndarray]] = Reservoir(limits.drift_requests, rng)
+        self.feedback_task: Optional[str] = None
+        self.feedback_rows = self.correct = 0
+        self.abs_error = self.squared_error = 0.0
+
+    def add(self, batch: Sequence[Observation]) -> None:
+        """Count a batch of this model version's observations."""
+        self.requests += len(batch)
+        rejected, errors = list(map(_rejected, batch)), list(map(_error, batch))
+        served: Sequence[Observation] = batch
+        if rejected.count(None) != len(batch) or errors.count(None) != len(batch):
+            served = [o for o in batch if self._refused_or_failed(o)]
+        if not served:
+            return
+        self.rows += sum(map(_rows, served))
+        self.latencies.add(list(map(_latency_s, served)))
+        for flagged in filter(None, map(_out_of_range, served)):
+            for feature, count in flagged.items():
+                _bump(self.out_of_range, feature, count, self.limits.keys)
+        predicted = [p for p in map(_predicted, served) if p is not None]
+        if predicted and predicted[0].dtype.kind in "fc":
+            self.value_rows += sum(p.size for p in predicted)
+            self.values.offer(predicted, same)
+        elif predicted:
+            self._count_classes(predicted)
+        self.inputs.offer([f for f in map(_feeds, served) if f is not None], _copy)
+
+    def _refused_or_failed(self, o: Observation) -> bool:
+        """Count a refused or failed request; True when ``o`` was served."""
+        if o.rejected is not None:
+            _bump(self.rejected, o.rejected, 1, self.limits.keys)
+            _bump(self.rejected_rows, o.rejected, o.rows, self.limits.keys)
+            return False
+        if o.error is not None:
+            self.errors += 1
+            self.last_error = o.error
+            return False
+        return True
+
+    def _count_classes(self, predicted: list[np.ndarray]) -> None:
+        try:
+            levels, counts = np.unique(np.concatenate(predicted), return_counts=True)
+            found: Mapping[Any, int] = dict(zip(levels.tolist(), counts.tolist()))
+        except (ValueError, TypeError):  # ragged or mixed labels: count them one by one
+            found = Counter(v for p in predicted for v in np.asarray(p).reshape(-1).tolist())
+        for level, count in found.items():
+            _bump(self.classes, str(level), int(count), self.limits.classes)
+
+    def add_feedback(self, record: FeedbackRecord) -> None:
+        """Count ground truth against the prediction it belongs to."""
+        predicted = np.asarray(record.predicted).reshape(-1)
+        actual = np.asarray(record.actual).reshape(-1)
+        rows = min(predicted.size, actual.size)
+        predicted, actual = predicted[:rows], actual[:rows]
+        if record.task == "regression":
+            diff = actual.astype(np.float64) - predicted.astype(np.float64)
+            self.abs_error += float(np.abs(diff).sum())
+            self.squared_error += float((diff * diff).sum())
+        elif predicted.dtype.kind in "biuf" and actual.dtype.kind in "biuf":
+            self.correct += int(np.sum(predicted == actual))
+        else:
+            self.correct += int(np.sum(predicted.astype(str) == actual.astype(str)))
+        self.feedback_task = record.task
+        self.feedback_rows += rows
+
+    # --- the report ---------------------------------------------------------------------------
+
+    def report(
+        self, found: Sequence[FeatureBaseline], rng: random.Random, sample_inputs: int = 0
+    ) -> dict[str, Any]:
+        """The per-model document of docs/telemetry.md. ``sample_inputs`` raw rows per input are
+        included only when asked for (0: none)."""
+        doc: dict[str, Any] = {
+            "version": self.version,
+            "requests": self.requests,
+            "rows": self.rows,
+            "errors": self.errors,
+            "rejected": sum(self.rejected.values()),
+            "rejected_reasons": dict(sorted(self.rejected.items())),
+            "out_of_range": dict(sorted(self.out_of_range.items())),
+            "missing": {
+                "requests": self.rejected.get("non-finite", 0),
+                "rows": self.rejected_rows.get("non-finite", 0),
+            },
+            "latency_ms": self._latency(),
+            "predictions": self._predictions(),
+        }
+        tables = _tables(self.inputs.items, self.limits.drift_rows, rng)
+        doc["drift"] = {k: s.to_dict() for k, s in drift_scores(found, tables).items()}
+        if self.feedback_rows:
+            doc["feedback"] = self._feedback()
+        if sample_inputs and tables:
+            doc["samples"] = {
+                name: t[:sample_inputs].tolist() for name, t in sorted(tables.items())
+            }
+        return doc
+
+    def _latency(self) -> dict[str, Optional[float]]:
+        histogram = self.latencies
+        if not histogram.count:
+            return {"p50": None, "p95": None, "p99": None, "max": None}
+        doc: dict[str, Optional[float]] = {
+            f"p{q}": round(histogram.percentile(q) * 1e3, 4) for q in (50, 95, 99)
+        }
+        doc["max"] = round(histogram.max * 1e3, 4)
+        return doc
+
+    def _predictions(self) -> dict[str, Any]:
+        if self.classes:
+            return {
+                "count": sum(self.classes.values()),
+                "classes": dict(sorted(self.classes.items())),
+            }
+        if not self.values.items:
+            return {"count": 0}
+        values = np.concatenate([v.reshape(-1) for v in self.values.items]).astype(np.float64)
+        finite = values[np.isfinite(values)]
+        doc: dict[str, Any] = {
+            "count": self.value_rows,
+            "sampled": int(values.size),
+            "non_finite": int(values.size - finite.size),
+        }
+        if finite.size:
+            qs = np.percentile(finite, QUANTILES)
+            doc.update(
+                mean=float(finite.mean()),
+                min=float(finite.min()),
+                max=float(finite.max()),
+                quantiles={f"p{q}": float(v) for q, v in zip(QUANTILES, qs)},
+            )
+        return doc
+
+    def _feedback(self) -> dict[str, Any]:
+        n = self.feedback_rows
+        if self.feedback_task == "regression":
+            return {"count": n, "mae": self.abs_error / n, "rmse": (self.squared_error / n) ** 0.5}
+        return {"count": n, "accuracy": self.correct / n}
+
+
+def _tables(
+    sampled: Sequence[Mapping[str, np.ndarray]], max_rows: int, rng: random.Random
+) -> dict[str, np.ndarray]:
+    """The sampled requests' inputs as one float64 table (rows by columns) per input name.
+    Inputs that are not 1-D or 2-D numbers, or change width between requests, are left out."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for feeds in sampled:
+        for name, value in feeds.items():
+            if value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
+                continue
+            table = value.reshape(value.shape[0], -1) if value.ndim == 2 else value.reshape(-1, 1)
+            parts.setdefault(name, []).append(table)
+    tables = {}
+    for name, arrays in parts.items():
+        width = arrays[0].shape[1]
+        table = np.concatenate([a for a in arrays if a.shape[1] == width]).astype(np.float64)
+        if table.shape[0] > max_rows:
+            table = table[sorted(rng.sample(range(table.shape[0]), max_rows))]
+        tables[name] = table
+    return tables
