@@ -17,7 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import bench_api, bench_install, bench_monitor, bench_predict, bench_quantize
+from benchmarks import (
+    bench_api,
+    bench_install,
+    bench_monitor,
+    bench_predict,
+    bench_quantize,
+    bench_telemetry,
+)
 from benchmarks._common import BenchResult, Log
 
 BENCHES: dict[str, Callable[[Path, Log], BenchResult]] = {
@@ -26,6 +33,7 @@ BENCHES: dict[str, Callable[[Path, Log], BenchResult]] = {
     "quantize": bench_quantize.run,
     "monitor": bench_monitor.run,
     "api": bench_api.run,
+    "telemetry": bench_telemetry.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "bench-results" / "bench.json"
 

@@ -9,9 +9,11 @@ It composes parts that each start and stop on their own:
 - a watcher that loads versions installed by other processes, and ``HOME/agent.json``
   (``runtime.agent_state``), rewritten every few seconds.
 
-They start in that order with telemetry first, so the birth message precedes any request; they
-stop in reverse with telemetry last, so the window still open when the agent stops counts every
-request and is spooled. :func:`run_agent` runs an agent until SIGTERM or SIGINT.
+They start in that order with telemetry first, so the birth message precedes any request, and
+stop in the same order with telemetry moved last: the API stops accepting and finishes the requests
+in progress, the inbox finishes its install, agent.json is removed, and then the telemetry window
+still open, which has counted every request, is closed and spooled. :func:`run_agent` runs an
+agent until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -283,8 +285,10 @@ class Agent:
     def stop(self) -> None:
         """Stop accepting requests, finish those in progress, stop the rest; telemetry last."""
         started, self._started = self._started, []
-        order = started[::-1]
-        order.sort(key=lambda c: c.name == "telemetry")  # stable: the rest keep reverse order
+        # requests stop first (the API, then the inbox), then the watcher and agent.json;
+        # telemetry last, so the window still open counts every request
+        order = [c for c in started if c.name != "telemetry"]
+        order += [c for c in started if c.name == "telemetry"]
         for component in order:
             _log.info("stopping %s", component.name)
             component.stop()

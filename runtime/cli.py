@@ -24,7 +24,25 @@ EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 
 
 class EdgeshipGroup(click.Group):
-    """A click group that turns any EdgeshipError into one line on stderr and its exit code."""
+    """A click group that turns any EdgeshipError into one line on stderr and its exit code.
+
+    Commands named in ``lazy_commands`` (name -> ``module:attribute``) are imported only when
+    they run or help lists them, so they cost nothing at start-up.
+    """
+
+    lazy_commands: dict[str, str] = {}  # noqa: RUF012 - read-only, overridden per group
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        target = self.lazy_commands.get(cmd_name)
+        if target is not None and cmd_name not in self.commands:
+            import importlib
+
+            module, attribute = target.split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -98,7 +116,14 @@ def _store(home: Optional[Path]) -> Store:
     return Store(home or default_home())
 
 
-@click.group(cls=EdgeshipGroup, epilog=EPILOG)
+class _DeviceGroup(EdgeshipGroup):
+    lazy_commands = {  # noqa: RUF012
+        "agent": "runtime.agent_cli:agent",
+        "feedback": "runtime.agent_cli:feedback",
+    }
+
+
+@click.group(cls=_DeviceGroup, epilog=EPILOG)
 @click.version_option(__version__, prog_name="edgeship-device")
 def main() -> None:
     """Verify, install and run signed edgeship bundles on this device."""
@@ -459,16 +484,6 @@ def predict(
             click.echo(f"row {i}: {what} = {row.value:.4g} (baseline {row.base_value:.4g}): {top}")
 
     emit(doc, as_json, human)
-
-
-def _add_agent_commands() -> None:
-    from runtime.agent_cli import agent, feedback
-
-    main.add_command(agent)
-    main.add_command(feedback)
-
-
-_add_agent_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

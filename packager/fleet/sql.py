@@ -62,8 +62,10 @@ def schema(autoid: str) -> list[str]:
             online INTEGER, PRIMARY KEY (fleet, device))""",
         f"""CREATE TABLE IF NOT EXISTS fleet_telemetry ({_WINDOW_COLUMNS},
             PRIMARY KEY (fleet, device, model, seq))""",
-        f"""CREATE TABLE IF NOT EXISTS fleet_latest ({_WINDOW_COLUMNS},
-            PRIMARY KEY (fleet, device, model))""",
+        # every (device, model) that ever sent a window: the newest window of each is found
+        # through the telemetry primary key (highest seq), not kept twice
+        """CREATE TABLE IF NOT EXISTS fleet_models (fleet TEXT NOT NULL, device TEXT NOT NULL,
+            model TEXT NOT NULL, PRIMARY KEY (fleet, device, model))""",
         """CREATE TABLE IF NOT EXISTS fleet_events (fleet TEXT NOT NULL, device TEXT NOT NULL,
             seq BIGINT NOT NULL, ts DOUBLE PRECISION NOT NULL, received DOUBLE PRECISION NOT NULL,
             event TEXT NOT NULL, model TEXT, detail TEXT NOT NULL,
@@ -97,12 +99,12 @@ def chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 _MARKS = ", ".join("?" * len(TELEMETRY))
 _INSERT_WINDOW = f"INSERT INTO fleet_telemetry ({', '.join(TELEMETRY)}) VALUES ({_MARKS})"
-_UPSERT_LATEST = (
-    f"INSERT INTO fleet_latest ({', '.join(TELEMETRY)}) VALUES ({_MARKS})"
-    " ON CONFLICT (fleet, device, model) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in TELEMETRY[3:])
-    + " WHERE excluded.seq > fleet_latest.seq"
+_INSERT_MODEL = (
+    "INSERT INTO fleet_models (fleet, device, model) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 )
+_NEWEST = """t.seq = (SELECT MAX(x.seq) FROM fleet_telemetry x
+    WHERE x.fleet = k.fleet AND x.device = k.device AND x.model = k.model)"""
+_ON_KEY = "t.fleet = k.fleet AND t.device = k.device AND t.model = k.model"
 _INSERT_EVENT = (
     f"INSERT INTO fleet_events ({', '.join(EVENT)}) VALUES ({', '.join('?' * len(EVENT))})"
 )
@@ -130,6 +132,7 @@ class SqlStore(FleetStore):
 
     def __init__(self) -> None:
         self._connection: Any = None
+        self._known_models: set[tuple[str, str, str]] = set()
 
     # --- dialect hooks ------------------------------------------------------------------------
 
@@ -218,11 +221,9 @@ class SqlStore(FleetStore):
                        for row in series.rows(r.message, r.received, _raw(r))]  # fmt: skip
             if windows:
                 cur.executemany(self._sql(_INSERT_WINDOW), windows)
-                newest: dict[Any, tuple[Any, ...]] = {}
-                for row in windows:
-                    if row[:3] not in newest or row[3] > newest[row[:3]][3]:
-                        newest[row[:3]] = row
-                cur.executemany(self._sql(_UPSERT_LATEST), [newest[k] for k in sorted(newest)])
+                pairs = sorted({row[:3] for row in windows} - self._known_models)
+                if pairs:
+                    cur.executemany(self._sql(_INSERT_MODEL), pairs)
             events = [_event_row(r) for r in stored if r.message.kind == "events"]
             if events:
                 cur.executemany(self._sql(_INSERT_EVENT), events)
@@ -233,6 +234,7 @@ class SqlStore(FleetStore):
         finally:
             cur.close()
         keys = tuple(dict.fromkeys(row[:3] for row in windows))
+        self._known_models.update(keys)  # only once committed
         return IngestResult(stored, len(batch) - len(stored), keys, tuple(states))
 
     @property
@@ -284,17 +286,18 @@ class SqlStore(FleetStore):
     def _latest_windows(
         self, keys: Optional[list[tuple[str, str, str]]], fleet: Optional[str]
     ) -> list[Window]:
-        select = f"SELECT {', '.join(TELEMETRY)} FROM fleet_latest"
-        order = " ORDER BY fleet, device, model"
+        select = f"SELECT {', '.join('t.' + c for c in TELEMETRY)} FROM "
+        join = f" JOIN fleet_telemetry t ON {_ON_KEY} AND {_NEWEST}"
+        order = " ORDER BY t.fleet, t.device, t.model"
         if keys is None:
-            where, params = (" WHERE fleet = ?", [fleet]) if fleet else ("", [])
-            rows = self._read(select + where + order, params)
+            where, params = (" WHERE k.fleet = ?", [fleet]) if fleet else ("", [])
+            rows = self._read(select + "fleet_models k" + join + where + order, params)
         else:
             rows = []
             for chunk in chunks(keys):
+                values = ", ".join(["(?, ?, ?)"] * len(chunk))
                 rows += self._read(
-                    f"{select} WHERE (fleet, device, model) IN "
-                    f"(VALUES {', '.join(['(?, ?, ?)'] * len(chunk))}){order}",
+                    f"WITH k (fleet, device, model) AS (VALUES {values}) {select}k{join}{order}",
                     [v for key in chunk for v in key],
                 )
         return [Window.from_row(_record(TELEMETRY, v)) for v in rows]
@@ -302,10 +305,12 @@ class SqlStore(FleetStore):
     def _model_versions(
         self, fleet: Optional[str]
     ) -> dict[tuple[str, str], dict[str, tuple[str, int]]]:
-        where, params = (" WHERE fleet = ?", [fleet]) if fleet else ("", [])
+        where, params = (" WHERE k.fleet = ?", [fleet]) if fleet else ("", [])
         found: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}
         for f, d, model, version, seq in self._read(
-            f"SELECT fleet, device, model, version, seq FROM fleet_latest{where}", params
+            "SELECT t.fleet, t.device, t.model, t.version, t.seq FROM fleet_models k "
+            f"JOIN fleet_telemetry t ON {_ON_KEY} AND {_NEWEST}{where}",
+            params,
         ):
             found.setdefault((f, d), {})[model] = (version, int(seq))
         return found

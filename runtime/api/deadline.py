@@ -47,6 +47,8 @@ class DeadlineReader(io.RawIOBase):
         self._limits = limits
         self._stopping = stopping
         self._deadline: Optional[float] = None
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
 
     def readable(self) -> bool:
         return True
@@ -74,8 +76,7 @@ class DeadlineReader(io.RawIOBase):
         return count
 
     def _wait_idle(self) -> None:
-        poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
+        poller = self._poller
         end = time.monotonic() + self._limits.keepalive_idle_s
         while True:
             left = end - time.monotonic()

@@ -24,6 +24,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -48,6 +49,17 @@ _log = logging.getLogger("edgeship.api")
 POLL_S = 0.25
 """How often the accepting thread looks whether the server is stopping (seconds)."""
 SERVER_NAME = f"edgeship/{__version__}"
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+_dates: tuple[int, str] = (0, "")
+
+
+def _date() -> str:
+    """The Date header's value, formatted once a second."""
+    global _dates  # noqa: PLW0603 - a one-entry cache shared by every connection thread
+    now = int(time.time())
+    if _dates[0] != now:
+        _dates = (now, formatdate(now, usegmt=True))
+    return _dates[1]
 
 
 class _Reject(Exception):
@@ -170,11 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
         self, code: int, message: Optional[str] = None, explain: Optional[str] = None
     ) -> None:
         """Answer a request ``parse_request`` refused, in the protocol's error shape."""
-        try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        self._fail(code, message or phrase)
+        self._fail(code, message or _PHRASES.get(code, "error"))
 
     def _fail(self, status: int, message: str) -> None:
         self.close_connection = True
@@ -184,14 +192,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, response: Response) -> None:
         body, headers = response.encode()
-        try:
-            phrase = HTTPStatus(response.status).phrase
-        except ValueError:
-            phrase = ""
         lines = [
-            f"HTTP/1.1 {response.status} {phrase}",
+            f"HTTP/1.1 {response.status} {_PHRASES.get(response.status, '')}",
             f"Server: {SERVER_NAME}",
-            f"Date: {formatdate(usegmt=True)}",
+            f"Date: {_date()}",
             f"Content-Length: {len(body)}",
         ]
         lines += [f"{key}: {value}" for key, value in headers]

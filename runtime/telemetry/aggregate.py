@@ -1,38 +1,33 @@
 """One model version's aggregates over one telemetry window: requests in, a report out.
 
-:class:`ModelWindow` takes observations in batches (the window thread hands them over, never the
-request's thread) and counts them exactly; values needed whole are bounded by
-:class:`WindowLimits` and kept as uniform samples past the bound (``runtime.telemetry.sampling``).
-:meth:`ModelWindow.report` turns it into the per-model part of a telemetry message
-(docs/telemetry.md): counts, rejection reasons, missing and out-of-range values, latency
-percentiles, the prediction distribution, drift per feature, and accuracy or error from feedback.
+:meth:`ModelWindow.observe` counts one request on the request's thread, so it does the least
+that keeps every count exact and lets go of the request's arrays at once (holding them for later
+costs a request more than counting it now): a few integer and dict updates, the latency appended
+to a buffer that is folded into a :class:`~runtime.telemetry.sampling.LogHistogram` every
+``FOLD`` requests, class labels counted, and a copy of the inputs only for the requests the
+drift sample keeps. Values needed whole are bounded by :class:`WindowLimits` and kept as uniform
+samples past the bound. :meth:`ModelWindow.report` turns it into the per-model part of a
+telemetry message (docs/telemetry.md), off the request path.
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from array import array
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from runtime.service import FeedbackRecord, Observation
 from runtime.telemetry.drift import FeatureBaseline, drift_scores
-from runtime.telemetry.sampling import LogHistogram, Reservoir, same
+from runtime.telemetry.sampling import LogHistogram, Reservoir
 
 QUANTILES = (5, 25, 50, 75, 95)
 OTHER = "_other"
 """Where classes, rejection reasons or features past their bound are counted."""
-
-_rejected = attrgetter("rejected")
-_error = attrgetter("error")
-_rows = attrgetter("rows")
-_latency_s = attrgetter("latency_s")
-_out_of_range = attrgetter("out_of_range")
-_predicted = attrgetter("predicted")
-_feeds = attrgetter("feeds")
+FOLD = 4_096
+"""Latencies buffered before they are folded into the histogram (one numpy pass)."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +44,6 @@ class WindowLimits:
     """Distinct predicted classes counted; the rest count as ``_other``."""
     keys: int = 1_024
     """Distinct rejection reasons or out-of-range features counted."""
-    queue: int = 8_192
-    """Observations waiting for the window thread; a request that finds this many waiting
-    hands them over itself, so memory stays bounded under any load."""
 
     def __post_init__(self) -> None:
         values = (
@@ -60,13 +52,12 @@ class WindowLimits:
             self.prediction_samples,
             self.classes,
             self.keys,
-            self.queue,
         )
         if min(values) < 1:
             raise ValueError("window limits must be positive")
 
 
-def _bump(counts: dict[str, int], key: str, by: int, cap: int) -> None:
+def _bump(counts: dict[Any, int], key: Any, by: int, cap: int) -> None:
     if key in counts or len(counts) < cap:
         counts[key] = counts.get(key, 0) + by
     else:
@@ -80,6 +71,29 @@ def _copy(feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
 class ModelWindow:
     """Aggregates of one model version. Not thread-safe: the collector's lock guards it."""
 
+    __slots__ = (
+        "abs_error",
+        "buffer",
+        "classes",
+        "correct",
+        "errors",
+        "feedback_rows",
+        "feedback_task",
+        "inputs",
+        "last_error",
+        "latencies",
+        "limits",
+        "out_of_range",
+        "rejected",
+        "rejected_rows",
+        "requests",
+        "rows",
+        "squared_error",
+        "value_rows",
+        "values",
+        "version",
+    )
+
     def __init__(self, version: str, limits: WindowLimits, rng: random.Random) -> None:
         self.version = version
         self.limits = limits
@@ -89,7 +103,8 @@ class ModelWindow:
         self.rejected_rows: dict[str, int] = {}
         self.out_of_range: dict[str, int] = {}
         self.latencies = LogHistogram()
-        self.classes: dict[str, int] = {}
+        self.buffer = array("d")
+        self.classes: dict[Any, int] = {}
         self.values: Reservoir[np.ndarray] = Reservoir(limits.prediction_samples, rng)
         self.value_rows = 0
         self.inputs: Reservoir[dict[str, np.ndarray]] = Reservoir(limits.drift_requests, rng)
@@ -97,48 +112,57 @@ class ModelWindow:
         self.feedback_rows = self.correct = 0
         self.abs_error = self.squared_error = 0.0
 
-    def add(self, batch: Sequence[Observation]) -> None:
-        """Count a batch of this model version's observations."""
-        self.requests += len(batch)
-        rejected, errors = list(map(_rejected, batch)), list(map(_error, batch))
-        served: Sequence[Observation] = batch
-        if rejected.count(None) != len(batch) or errors.count(None) != len(batch):
-            served = [o for o in batch if self._refused_or_failed(o)]
-        if not served:
+    def observe(self, o: Observation) -> None:
+        """Count one request of this model version."""
+        self.requests += 1
+        if o.rejected is not None or o.error is not None:
+            self._refused_or_failed(o)
             return
-        self.rows += sum(map(_rows, served))
-        self.latencies.add(list(map(_latency_s, served)))
-        for flagged in filter(None, map(_out_of_range, served)):
-            for feature, count in flagged.items():
+        self.rows += o.rows
+        buffer = self.buffer
+        buffer.append(o.latency_s)
+        if len(buffer) >= FOLD:
+            self.fold()
+        if o.out_of_range:
+            for feature, count in o.out_of_range.items():
                 _bump(self.out_of_range, feature, count, self.limits.keys)
-        predicted = [p for p in map(_predicted, served) if p is not None]
-        if predicted and predicted[0].dtype.kind in "fc":
-            self.value_rows += sum(p.size for p in predicted)
-            self.values.offer(predicted, same)
-        elif predicted:
-            self._count_classes(predicted)
-        self.inputs.offer([f for f in map(_feeds, served) if f is not None], _copy)
+        predicted = o.predicted
+        if predicted is not None:
+            if predicted.dtype.kind in "fc":
+                self.value_rows += predicted.size
+                self.values.offer(predicted)
+            else:
+                classes = self.classes
+                for label in predicted.tolist():
+                    classes[label] = classes.get(label, 0) + 1
+                if len(classes) > self.limits.classes:
+                    self._cap_classes()
+        if o.feeds is not None:
+            sample = self.inputs
+            sample.seen += 1
+            if sample.seen >= sample.next:
+                sample.keep(_copy(o.feeds))
 
-    def _refused_or_failed(self, o: Observation) -> bool:
-        """Count a refused or failed request; True when ``o`` was served."""
+    def _refused_or_failed(self, o: Observation) -> None:
         if o.rejected is not None:
             _bump(self.rejected, o.rejected, 1, self.limits.keys)
             _bump(self.rejected_rows, o.rejected, o.rows, self.limits.keys)
-            return False
-        if o.error is not None:
+        else:
             self.errors += 1
             self.last_error = o.error
-            return False
-        return True
 
-    def _count_classes(self, predicted: list[np.ndarray]) -> None:
-        try:
-            levels, counts = np.unique(np.concatenate(predicted), return_counts=True)
-            found: Mapping[Any, int] = dict(zip(levels.tolist(), counts.tolist()))
-        except (ValueError, TypeError):  # ragged or mixed labels: count them one by one
-            found = Counter(v for p in predicted for v in np.asarray(p).reshape(-1).tolist())
-        for level, count in found.items():
-            _bump(self.classes, str(level), int(count), self.limits.classes)
+    def _cap_classes(self) -> None:
+        """Past the bound, the newest classes are counted as ``_other``."""
+        keep = self.limits.classes - (0 if OTHER in self.classes else 1)
+        for label in list(self.classes)[keep:]:
+            if label != OTHER:
+                self.classes[OTHER] = self.classes.get(OTHER, 0) + self.classes.pop(label)
+
+    def fold(self) -> None:
+        """Move the buffered latencies into the histogram."""
+        if self.buffer:
+            self.latencies.add(np.frombuffer(self.buffer, dtype=np.float64))
+            self.buffer = array("d")
 
     def add_feedback(self, record: FeedbackRecord) -> None:
         """Count ground truth against the prediction it belongs to."""
@@ -190,6 +214,7 @@ class ModelWindow:
         return doc
 
     def _latency(self) -> dict[str, Optional[float]]:
+        self.fold()
         histogram = self.latencies
         if not histogram.count:
             return {"p50": None, "p95": None, "p99": None, "max": None}
@@ -201,10 +226,8 @@ class ModelWindow:
 
     def _predictions(self) -> dict[str, Any]:
         if self.classes:
-            return {
-                "count": sum(self.classes.values()),
-                "classes": dict(sorted(self.classes.items())),
-            }
+            classes = sorted((str(label), n) for label, n in self.classes.items())
+            return {"count": sum(self.classes.values()), "classes": dict(classes)}
         if not self.values.items:
             return {"count": 0}
         values = np.concatenate([v.reshape(-1) for v in self.values.items]).astype(np.float64)

@@ -179,7 +179,6 @@ class TelemetryLink(Observer):
             if self._stopping.is_set():
                 return
             try:
-                self._collector.drain()
                 with self._spool_lock:
                     self._flush_events()
                     if time.monotonic() >= next_close:

@@ -38,6 +38,8 @@ from runtime.telemetry.connection import (
 from runtime.telemetry.spool import Spool
 
 log = logging.getLogger(__name__)
+_paho_log = logging.getLogger(f"{__name__}.paho")
+"""paho's own packet log (DEBUG), for diagnosing a broker that misbehaves."""
 
 LOOP_SLICE_S = 0.05
 """Longest the network loop blocks at a time: bounds the delay of new rows and of stop()."""
@@ -186,8 +188,9 @@ class SpoolPublisher:
             self._connected(client, session)
             return 0.0 if self._stopping.is_set() else self._backoff.next_delay()
         finally:
-            client.disconnect()
-            client.loop(0.01)
+            if client.is_connected():
+                client.disconnect()
+                client.loop(0.01)
             sock = client.socket()
             if sock is not None:
                 sock.close()
@@ -204,6 +207,7 @@ class SpoolPublisher:
             reconnect_on_failure=False,
         )
         client.connect_timeout = o.connect_timeout_s
+        client.enable_logger(_paho_log)
         client.max_inflight_messages_set(o.max_inflight + 2)  # + the status message
         if o.username is not None:
             client.username_pw_set(o.username, o.password)

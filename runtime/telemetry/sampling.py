@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, Sequence, TypeVar, Union
 
 import numpy as np
 
-S = TypeVar("S")
 T = TypeVar("T")
 
 
@@ -22,11 +21,15 @@ class Reservoir(Generic[T]):
     """A uniform random sample of at most ``k`` of the items offered (Algorithm L, Li 1994).
 
     The first ``k`` items are kept. After that the position of the next item to keep is drawn
-    ahead (a geometric jump), so offering a batch costs time for the items kept, not for the
-    items offered: one comparison per batch when none is kept.
+    ahead (a geometric jump), so an item that is not kept costs one comparison and no random
+    number. The hot path is inlined by callers::
+
+        r.seen += 1
+        if r.seen >= r.next:
+            r.keep(make_item())
     """
 
-    __slots__ = ("_k", "_next", "_rng", "_w", "items", "seen")
+    __slots__ = ("_k", "_rng", "_w", "items", "next", "seen")
 
     def __init__(self, k: int, rng: random.Random) -> None:
         if k < 1:
@@ -35,34 +38,32 @@ class Reservoir(Generic[T]):
         self.items: list[T] = []
         self.seen = 0
         """Items offered so far."""
+        self.next = 1
+        """Position (1-based, among everything offered) of the next item to keep."""
         self._w = math.exp(math.log(self._uniform()) / k)
-        self._next = k + self._gap()
-        """1-based position (in everything offered) of the next item to keep."""
 
     def _uniform(self) -> float:
         return 1.0 - self._rng.random()  # in (0, 1]: safe to take the logarithm of
 
-    def _gap(self) -> int:
-        if self._w >= 1.0:
-            return 1
-        return int(math.log(self._uniform()) / math.log1p(-self._w)) + 1
-
-    def offer(self, batch: Sequence[S], keep: Callable[[S], T]) -> None:
-        """Offer every item of ``batch``; ``keep`` turns an item into what is stored (a copy,
-        say), and is called only for the items kept."""
-        start, end, k = self.seen, self.seen + len(batch), self._k
-        if start < k:
-            self.items.extend(keep(item) for item in batch[: k - start])
-        while self._next <= end:
-            self.items[self._rng.randrange(k)] = keep(batch[self._next - start - 1])
+    def keep(self, item: T) -> None:
+        """Store the item offered last (call it only when ``seen >= next``)."""
+        k = self._k
+        if len(self.items) < k:
+            self.items.append(item)
+            if len(self.items) < k:
+                self.next = self.seen + 1
+                return
+        else:
+            self.items[self._rng.randrange(k)] = item
             self._w *= math.exp(math.log(self._uniform()) / k)
-            self._next += self._gap()
-        self.seen = end
+        gap = 1 if self._w >= 1.0 else int(math.log(self._uniform()) / math.log1p(-self._w)) + 1
+        self.next = self.seen + gap
 
-
-def same(item: T) -> T:
-    """``keep`` for items stored as they are."""
-    return item
+    def offer(self, item: T) -> None:
+        """Offer one item (the inlined hot path above, as a method)."""
+        self.seen += 1
+        if self.seen >= self.next:
+            self.keep(item)
 
 
 class LogHistogram:
@@ -83,10 +84,10 @@ class LogHistogram:
         self.count = 0
         self.max = 0.0
 
-    def add(self, values: Sequence[float]) -> None:
-        if not values:
-            return
+    def add(self, values: Union[Sequence[float], np.ndarray]) -> None:
         array = np.asarray(values, dtype=np.float64)
+        if array.size == 0:
+            return
         logs = np.log(np.maximum(array, self.low * 1e-3))
         index = np.floor((logs - self._log_low) * self._scale).astype(np.int64) + 1
         np.clip(index, 0, self.buckets - 1, out=index)

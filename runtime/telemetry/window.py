@@ -1,17 +1,11 @@
 """Telemetry windows: what every model did between two window closes (docs/telemetry.md).
 
-The request side does one thing: :meth:`WindowCollector.observe` appends the observation to a
-queue (a ``deque`` append, atomic and lock-free), on the request's thread. The window thread
-takes the queue over every tick (:meth:`WindowCollector.drain`) and counts whole batches at once
-into per-model :class:`~runtime.telemetry.aggregate.ModelWindow` s; :meth:`WindowCollector.close`
-drains, swaps the open window for an empty one and reports it. All of it runs under one lock,
-so each observation is counted in exactly one window: the one open when it is drained. A request
-that finds ``WindowLimits.queue`` observations waiting drains them itself, so a stalled window
-thread cannot make memory grow.
-
-Inputs are read when the observation is drained (within one tick of the request, usually a
-quarter second): an in-process caller that reuses its input buffers sees drift computed on
-whatever the buffer held then.
+:meth:`WindowCollector.observe` runs on the request's thread: under one lock it counts the
+request into its model version's :class:`~runtime.telemetry.aggregate.ModelWindow` (cheap,
+bounded, never raises). :meth:`WindowCollector.close`, on the window thread, swaps the open
+window for an empty one under the same lock and then computes percentiles, distributions and
+drift off the request path. Each observation is counted in exactly one window: the one open when
+its request finished.
 """
 
 from __future__ import annotations
@@ -20,9 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from runtime.service import FeedbackRecord, Observation
@@ -35,8 +27,6 @@ log = logging.getLogger(__name__)
 
 MAX_SAMPLE_INPUTS = 100
 """Most raw input rows per model and window that telemetry may carry."""
-_model = attrgetter("model")
-_version = attrgetter("version")
 
 
 @dataclass(frozen=True)
@@ -86,20 +76,26 @@ class WindowCollector:
         self.limits = limits or WindowLimits()
         self.sample_inputs = sample_inputs
         self._clock = clock
-        self._queue: deque[Observation] = deque()
         self._lock = threading.Lock()
         self._random = random.Random(seed)
+        self._current: dict[str, ModelWindow] = {}
+        """Model name → the window of the version seen last (the request path's lookup)."""
         self._models: dict[tuple[str, str], ModelWindow] = {}
         self._opened = clock()
         self._faults = 0
 
     # --- request side ----------------------------------------------------------------------------
 
-    def observe(self, observation: Observation) -> None:
-        """Queue one request (served, refused or failed) for counting. Never raises."""
-        self._queue.append(observation)
-        if len(self._queue) >= self.limits.queue:
-            self.drain()
+    def observe(self, o: Observation) -> None:
+        """Count one request (served, refused or failed). Never raises."""
+        try:
+            with self._lock:
+                window = self._current.get(o.model)
+                if window is None or window.version != o.version:
+                    window = self._window(o.model, o.version)
+                window.observe(o)
+        except Exception:  # noqa: BLE001 - an observer must never fail a request
+            self._fault("observe")
 
     def feedback(self, record: FeedbackRecord) -> None:
         """Count ground truth for an earlier prediction in the open window. Never raises."""
@@ -109,36 +105,11 @@ class WindowCollector:
         except Exception:  # noqa: BLE001 - an observer must never fail a request
             self._fault("feedback")
 
-    # --- window thread ---------------------------------------------------------------------------
-
-    def drain(self) -> int:
-        """Count everything queued so far into the open window; returns how many."""
-        with self._lock:
-            return self._drain()
-
-    def _drain(self) -> int:
-        queue = self._queue
-        batch = [queue.popleft() for _ in range(len(queue))]
-        if not batch:
-            return 0
-        try:
-            names, versions = set(map(_model, batch)), set(map(_version, batch))
-            if len(names) == 1 and len(versions) == 1:
-                self._window(names.pop(), versions.pop()).add(batch)
-            else:
-                groups: dict[tuple[str, str], list[Observation]] = {}
-                for o in batch:
-                    groups.setdefault((o.model, o.version), []).append(o)
-                for (name, version), group in groups.items():
-                    self._window(name, version).add(group)
-        except Exception:  # noqa: BLE001 - a malformed observation must not stop telemetry
-            self._fault("counting")
-        return len(batch)
-
     def _window(self, name: str, version: str) -> ModelWindow:
         window = self._models.get((name, version))
         if window is None:
             window = self._models[(name, version)] = ModelWindow(version, self.limits, self._random)
+        self._current[name] = window
         return window
 
     def _fault(self, where: str) -> None:
@@ -148,12 +119,13 @@ class WindowCollector:
                 "telemetry %s failed (%d time(s)); requests were not affected", where, self._faults
             )
 
+    # --- window thread ---------------------------------------------------------------------------
+
     def close(self, baselines: Baselines, idle: Iterable[tuple[str, str]] = ()) -> ClosedWindow:
         """End the open window and report it. ``idle`` lists (name, version) of models to report
         even when nothing happened to them (the loaded ones)."""
         with self._lock:
-            self._drain()
-            models, self._models = self._models, {}
+            models, self._models, self._current = self._models, {}, {}
             opened, self._opened = self._opened, self._clock()
             window_s = max(0.0, self._opened - opened)
         for name, version in idle:

@@ -110,7 +110,7 @@ def test_stale_agent_json_of_a_killed_agent_reads_as_not_running(agent, home):
     assert read_state(home) is None
     assert "no agent is running" in device_cli("feedback", "iris", "--id", "x", "--label", "0",
                                                home=home).stderr  # fmt: skip
-    restarted = AgentProcess(home).start()  # and a new agent takes over its socket and file
+    restarted = AgentProcess(home).start()  # and a new agent takes its agent.json over
     try:
         assert read_state(home).pid == restarted.process.pid
     finally:
@@ -154,6 +154,9 @@ def test_telemetry_counts_every_request_once_across_a_stop(home, mosquitto):
                    if "iris" in m.doc["models"]) == 7  # fmt: skip
         events = [m.doc["event"] for m in subscriber.messages("events")]
         assert "agent-start" in events and "agent-stop" in events
+        stops = [line.split("stopping ")[1] for line in agent.log().splitlines()
+                 if "edgeship.agent: stopping " in line]  # fmt: skip
+        assert stops == ["api", "watch", "state", "telemetry"]
     finally:
         agent.kill()
         subscriber.close()

@@ -3,8 +3,10 @@ stopped with a signal."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,11 +110,17 @@ class AgentProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        finally:
+            if self.socket_path is not None:  # empty once the agent removed its socket
+                with contextlib.suppress(OSError):
+                    self.socket_path.parent.rmdir()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        if self.socket_path is not None:  # a killed agent leaves its socket behind
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def log(self) -> str:
         try:

@@ -100,7 +100,7 @@ def tcp_client(agent):
         yield client
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=bodies,
     path=st.sampled_from(
@@ -138,7 +138,7 @@ feeds = st.dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(feeds=feeds)
 def test_predict_returns_or_raises_input_error(iris_model, feeds):
     try:

@@ -4,6 +4,7 @@ socket files. Real sockets, a real store and real models."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -46,6 +47,13 @@ def serve(api):
     yield start
     for server in started:
         server.stop(timeout_s=5)
+
+
+@pytest.fixture
+def socket_dir():
+    folder = short_socket_dir()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def infer_once(address) -> dict:
@@ -111,8 +119,8 @@ def test_stop_finishes_the_request_in_progress(serve):
         connect(server.address, timeout_s=2)
 
 
-def test_unix_socket_replaces_a_stale_one_and_is_removed_at_stop(serve):
-    path = short_socket_dir() / "api.sock"
+def test_unix_socket_replaces_a_stale_one_and_is_removed_at_stop(serve, socket_dir):
+    path = socket_dir / "api.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # a socket file nobody listens on, as a killed agent leaves it
@@ -125,8 +133,8 @@ def test_unix_socket_replaces_a_stale_one_and_is_removed_at_stop(serve):
     assert not path.exists()
 
 
-def test_unix_socket_never_replaces_a_file(serve):
-    path = short_socket_dir() / "api.sock"
+def test_unix_socket_never_replaces_a_file(serve, socket_dir):
+    path = socket_dir / "api.sock"
     path.write_text("precious")
     with pytest.raises(UsageError, match="not a socket"):
         serve(UnixAddress(path))

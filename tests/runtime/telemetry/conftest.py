@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator, Optional
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from runtime.install import install_bundle
 from runtime.registry import ModelRegistry
@@ -56,13 +56,22 @@ class Subscriber:
     """A plain paho MQTT 5 client with a persistent session (clean_start=False and a session
     expiry), subscribed at QoS 1 to ``TOPIC_FILTER``; records every message it gets."""
 
-    def __init__(self, broker: Broker, topic: str = "edgeship/v1/#", scheme: str = "mqtt",
-                 username: Optional[str] = None, password: Optional[str] = None,
-                 **tls: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        broker: Broker,
+        topic: str = "edgeship/v1/#",
+        scheme: str = "mqtt",
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        **tls: Any,
+    ) -> None:
         self.received: list[Received] = []
         self._lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}",
-                                  protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"sub-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         self.client.reconnect_delay_set(1, 1)
         self.connected = threading.Event()
         self.topic = topic
@@ -77,8 +86,9 @@ class Subscriber:
 
         def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
             with self._lock:
-                self.received.append(Received(message.topic, bytes(message.payload),
-                                              bool(message.retain)))  # fmt: skip
+                self.received.append(
+                    Received(message.topic, bytes(message.payload), bool(message.retain))
+                )
 
         self.client.on_connect = on_connect
         self.client.on_disconnect = on_disconnect
@@ -90,8 +100,9 @@ class Subscriber:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 3600
         url = BrokerURL.parse(broker.url(scheme))
-        self.client.connect(url.host, url.port, keepalive=5, clean_start=False,
-                            properties=properties)  # fmt: skip
+        self.client.connect(
+            url.host, url.port, keepalive=5, clean_start=False, properties=properties
+        )
         self.client.loop_start()
         wait_until(self.connected.is_set, what="the subscriber to connect")
 
@@ -159,11 +170,17 @@ def iris_store(device: Store, build_bundle: Callable[..., Path]) -> Store:
     return device
 
 
-def settings_for(broker: Broker, store: Store, device_id: str = "dev-1", scheme: str = "mqtt",
-                 **changes: Any) -> TelemetrySettings:  # fmt: skip
-    base = TelemetrySettings(broker=BrokerURL.parse(broker.url(scheme)), fleet=FLEET,
-                             device_id=device_id, home=store.home, interval_s=0.2,
-                             reconnect=FAST)  # fmt: skip
+def settings_for(
+    broker: Broker, store: Store, device_id: str = "dev-1", scheme: str = "mqtt", **changes: Any
+) -> TelemetrySettings:
+    base = TelemetrySettings(
+        broker=BrokerURL.parse(broker.url(scheme)),
+        fleet=FLEET,
+        device_id=device_id,
+        home=store.home,
+        interval_s=0.2,
+        reconnect=FAST,
+    )
     return dataclasses.replace(base, **changes)
 
 

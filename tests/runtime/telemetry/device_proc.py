@@ -32,9 +32,14 @@ def main(home: str, broker: str, device_id: str, interval_s: str, log_path: str)
     spool_log.setLevel(logging.DEBUG)
     store = Store(Path(home))
     registry = ModelRegistry(store)
-    settings = TelemetrySettings(broker=BrokerURL.parse(broker), fleet="lab", device_id=device_id,
-                                 home=store.home, interval_s=float(interval_s),
-                                 reconnect=ReconnectPolicy(0.1, 0.5, 0.2))  # fmt: skip
+    settings = TelemetrySettings(
+        broker=BrokerURL.parse(broker),
+        fleet="lab",
+        device_id=device_id,
+        home=store.home,
+        interval_s=float(interval_s),
+        reconnect=ReconnectPolicy(0.1, 0.5, 0.2),
+    )
     link = TelemetryLink(settings, store, registry)
     service = InferenceService(registry, [link])
     stop = threading.Event()

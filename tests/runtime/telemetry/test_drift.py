@@ -20,10 +20,25 @@ def profile(features: dict[str, Any]) -> dict[str, Any]:
     return {"rows": 100, "bins": 3, "features": features}
 
 
-NUMERIC = {"input": "x", "index": 0, "kind": "numeric", "min": 0.0, "max": 3.0, "mean": 1.5,
-           "std": 1.0, "bin_edges": [0.0, 1.0, 2.0, 3.0], "histogram": [10, 10, 10]}  # fmt: skip
-CATEGORICAL = {"input": "x", "index": 1, "kind": "categorical", "min": 1.0, "max": 2.0,
-               "frequencies": {"1": 5, "2": 5}}  # fmt: skip
+NUMERIC = {
+    "input": "x",
+    "index": 0,
+    "kind": "numeric",
+    "min": 0.0,
+    "max": 3.0,
+    "mean": 1.5,
+    "std": 1.0,
+    "bin_edges": [0.0, 1.0, 2.0, 3.0],
+    "histogram": [10, 10, 10],
+}
+CATEGORICAL = {
+    "input": "x",
+    "index": 1,
+    "kind": "categorical",
+    "min": 1.0,
+    "max": 2.0,
+    "frequencies": {"1": 5, "2": 5},
+}
 
 
 def test_psi_by_hand() -> None:
@@ -72,7 +87,8 @@ def test_categorical_unseen_levels_get_their_own_bucket() -> None:
     (feature,) = baselines(profile({"c": CATEGORICAL}), SPEC)
     values = np.array([1.0, 2.0, 2.0, 7.0])
     assert feature.counts(values).tolist() == [1.0, 2.0, 1.0]
-    # reference (5, 5, 0) + ½ = (5.5, 5.5, 0.5) / 11.5; observed (1, 2, 1) + ½ = (1.5, 2.5, 1.5) / 5.5
+    # reference (5, 5, 0) + ½ = (5.5, 5.5, 0.5) / 11.5
+    # observed (1, 2, 1) + ½ = (1.5, 2.5, 1.5) / 5.5
     p = np.array([5.5, 5.5, 0.5]) / 11.5
     q = np.array([1.5, 2.5, 1.5]) / 5.5
     by_hand = float(np.sum((q - p) * np.log(q / p)))

@@ -76,14 +76,26 @@ def test_events_and_status_refresh_and_the_clean_offline(
     link = links(settings_for(broker, iris_store), iris_store)
     service = InferenceService(link.registry, [link])
     wait_until(lambda: sub.messages("status"), what="the birth status")
-    service.event("install", {"model": "iris", "version": "1.0.0", "slot": "a",
-                              "selftest": {"passed": True, "latency_ms": np.float64(0.5)}})  # fmt: skip
+    service.event(
+        "install",
+        {
+            "model": "iris",
+            "version": "1.0.0",
+            "slot": "a",
+            "selftest": {"passed": True, "latency_ms": np.float64(0.5)},
+        },
+    )
     service.event("not-a-kind", {"model": "iris"})
-    events = wait_until(lambda: [d for d in by_seq(sub, "events").values()
-                                 if d["event"] == "install"], what="the install event")  # fmt: skip
+    events = wait_until(
+        lambda: [d for d in by_seq(sub, "events").values() if d["event"] == "install"],
+        what="the install event",
+    )
     assert events[0]["model"] == "iris"
-    assert events[0]["detail"] == {"version": "1.0.0", "slot": "a",
-                                   "selftest": {"passed": True, "latency_ms": 0.5}}  # fmt: skip
+    assert events[0]["detail"] == {
+        "version": "1.0.0",
+        "slot": "a",
+        "selftest": {"passed": True, "latency_ms": 0.5},
+    }
     wait_until(lambda: len(by_seq(sub, "status")) >= 2, what="the status published again")
     link.stop(timeout_s=5.0)
 
@@ -102,22 +114,30 @@ def test_raw_inputs_stay_on_the_device_unless_sampling_is_on(
     marker = 6.123457
     rows = np.array([[marker, 3.1, 4.2, 1.3]], dtype=np.float64)
     for device, sample in (("private", 0), ("sampling", 2)):
-        settings = settings_for(broker, iris_store, device_id=device, sample_inputs=sample,
-                                home=tmp_path / device)  # fmt: skip
+        settings = settings_for(
+            broker, iris_store, device_id=device, sample_inputs=sample, home=tmp_path / device
+        )
         link = links(settings, iris_store)
         service = InferenceService(link.registry, [link])
         for _ in range(20):
             service.predict("iris", {input_name(link): rows.astype(np.float32)})
         link.stop(timeout_s=5.0)
-    wait_until(lambda: {m.device for m in sub.messages("telemetry")} >= {"private", "sampling"},
-               what="telemetry from both devices")  # fmt: skip
-    payloads = {device: b"".join(r.payload for r in sub.raw() if f"/{device}/" in r.topic)
-                for device in ("private", "sampling")}  # fmt: skip
+    wait_until(
+        lambda: {m.device for m in sub.messages("telemetry")} >= {"private", "sampling"},
+        what="telemetry from both devices",
+    )
+    payloads = {
+        device: b"".join(r.payload for r in sub.raw() if f"/{device}/" in r.topic)
+        for device in ("private", "sampling")
+    }
     assert str(marker).encode() not in payloads["private"]
     assert b'"samples"' not in payloads["private"]
     assert str(marker).encode()[:5] in payloads["sampling"]  # float32 rounding past 5 digits
-    samples = [d["models"]["iris"]["samples"] for d in by_seq(sub, "telemetry").values()
-               if "samples" in d["models"]["iris"]]  # fmt: skip
+    samples = [
+        d["models"]["iris"]["samples"]
+        for d in by_seq(sub, "telemetry").values()
+        if "samples" in d["models"]["iris"]
+    ]
     assert samples and all(len(s[input_name(link)]) <= 2 for s in samples)
 
 
@@ -133,8 +153,14 @@ def test_feedback_reaches_the_window(
     for s, label in zip(served, (0, 0, 0, 2)):
         service.feedback("iris", s.id, label)  # iris rows 0-4 are all class 0
     link.stop(timeout_s=5.0)
-    docs = wait_until(lambda: [d["models"]["iris"]["feedback"] for d in by_seq(sub, "telemetry").values()
-                               if "feedback" in d["models"]["iris"]], what="feedback")  # fmt: skip
+    docs = wait_until(
+        lambda: [
+            d["models"]["iris"]["feedback"]
+            for d in by_seq(sub, "telemetry").values()
+            if "feedback" in d["models"]["iris"]
+        ],
+        what="feedback",
+    )
     assert sum(f["count"] for f in docs) == 4
     assert sum(f["accuracy"] * f["count"] for f in docs) == 3
 
@@ -145,10 +171,13 @@ def test_spool_drops_are_reported_once_the_broker_is_back(
     broker = mosquitto()
     sub = subscriber(broker)
     broker.stop()  # a clean stop saves the subscriber's session
-    link = links(settings_for(broker, iris_store, interval_s=0.05, spool=SpoolLimits(max_rows=5)),
-                 iris_store)  # fmt: skip
-    wait_until(lambda: link.spool is not None and link.spool.undelivered_drops() >= 10,
-               what="windows dropped from the full spool")  # fmt: skip
+    link = links(
+        settings_for(broker, iris_store, interval_s=0.05, spool=SpoolLimits(max_rows=5)), iris_store
+    )
+    wait_until(
+        lambda: link.spool is not None and link.spool.undelivered_drops() >= 10,
+        what="windows dropped from the full spool",
+    )
     broker.start()
     wait_until(lambda: link.spool is not None and link.spool.rows == 0, what="the spool drained")
     assert link.stop(timeout_s=10.0)

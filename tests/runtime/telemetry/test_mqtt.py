@@ -18,7 +18,7 @@ from runtime.telemetry.connection import BrokerURL, ConnectionState
 from runtime.telemetry.link import TelemetryLink
 from runtime.verify import MANIFEST_MEMBER
 from tests.broker import Broker, free_port, make_certs
-from tests.runtime.telemetry.conftest import Subscriber, settings_for, wait_until
+from tests.runtime.telemetry.conftest import settings_for, wait_until
 
 Links = Callable[..., TelemetryLink]
 
@@ -41,16 +41,18 @@ def test_plain_connection_publishes_a_retained_birth_status(
     link = links(settings_for(broker, iris_store), iris_store)
     wait_until(lambda: connected(link), what="the link to connect")
     late = subscriber(broker)  # subscribes after the birth was published: gets the retained copy
-    (status,) = wait_until(lambda: [r for r in late.raw() if r.topic.endswith("/status")],
-                           what="the retained status")  # fmt: skip
+    (status,) = wait_until(
+        lambda: [r for r in late.raw() if r.topic.endswith("/status")], what="the retained status"
+    )
     assert status.retain
     doc = status.parse().doc
     slot = iris_store.active_slot("iris")
     assert slot is not None
     digest = hashlib.sha256((iris_store.slot_dir("iris", slot) / MANIFEST_MEMBER).read_bytes())
     assert doc["state"] == "online" and doc["profile"] == "x86_64-generic"
-    assert doc["models"] == [{"name": "iris", "version": "1.0.0", "sequence": 10,
-                              "digest": digest.hexdigest()}]  # fmt: skip
+    assert doc["models"] == [
+        {"name": "iris", "version": "1.0.0", "sequence": 10, "digest": digest.hexdigest()}
+    ]
     wait_until(lambda: late.messages("telemetry"), what="a telemetry window")
     status_now = link.connection_status()
     assert status_now is not None and status_now.protocol == "5" and status_now.problem is None
@@ -85,13 +87,25 @@ def test_client_certificate_required_by_the_broker(
     broker = mosquitto(tls=True, require_certificate=True)
     assert broker.certs is not None
     sub = subscriber(broker)
-    with_cert = settings_for(broker, iris_store, scheme="mqtts", ca=broker.ca,
-                             cert=broker.certs.client_cert, key=broker.certs.client_key)  # fmt: skip
+    with_cert = settings_for(
+        broker,
+        iris_store,
+        scheme="mqtts",
+        ca=broker.ca,
+        cert=broker.certs.client_cert,
+        key=broker.certs.client_key,
+    )
     link = links(with_cert, iris_store)
     wait_until(lambda: sub.messages("telemetry"), what="telemetry with a client certificate")
 
-    anonymous = settings_for(broker, iris_store, device_id="dev-2", scheme="mqtts", ca=broker.ca,
-                             home=iris_store.home / "dev-2")  # fmt: skip
+    anonymous = settings_for(
+        broker,
+        iris_store,
+        device_id="dev-2",
+        scheme="mqtts",
+        ca=broker.ca,
+        home=iris_store.home / "dev-2",
+    )
     refused = links(anonymous, iris_store)
     wait_until(lambda: failing(refused, ConnectionState.BACKING_OFF), what="refused attempts")
     status = refused.connection_status()
@@ -104,14 +118,26 @@ def test_password_good_and_wrong(
 ) -> None:
     broker = mosquitto(users={"dev-1": "right-pw", "dev-2": "other-pw", "sub": "sub-pw"})
     sub = subscriber(broker, username="sub", password="sub-pw")
-    good = links(settings_for(broker, iris_store, username="dev-1", password="right-pw"), iris_store)
-    wait_until(lambda: {m.device for m in sub.messages("telemetry")} == {"dev-1"},
-               what="telemetry from the device with the right password")  # fmt: skip
+    good = links(
+        settings_for(broker, iris_store, username="dev-1", password="right-pw"), iris_store
+    )
+    wait_until(
+        lambda: {m.device for m in sub.messages("telemetry")} == {"dev-1"},
+        what="telemetry from the device with the right password",
+    )
 
     with caplog.at_level(logging.ERROR, logger="runtime.telemetry"):
-        wrong = links(settings_for(broker, iris_store, device_id="dev-2", username="dev-2",
-                                   password="wrong-pw", home=iris_store.home / "dev-2"),
-                      iris_store)  # fmt: skip
+        wrong = links(
+            settings_for(
+                broker,
+                iris_store,
+                device_id="dev-2",
+                username="dev-2",
+                password="wrong-pw",
+                home=iris_store.home / "dev-2",
+            ),
+            iris_store,
+        )
         wait_until(lambda: failing(wrong, ConnectionState.AUTH_FAILED, 3), what="retried attempts")
     status = wrong.connection_status()
     assert status is not None
@@ -184,8 +210,9 @@ def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(
     front = MQTT311OnlyBroker(broker.port)
     try:
         sub = subscriber(broker)
-        settings = replace(settings_for(broker, iris_store),
-                           broker=BrokerURL("mqtt", "127.0.0.1", front.port))  # fmt: skip
+        settings = replace(
+            settings_for(broker, iris_store), broker=BrokerURL("mqtt", "127.0.0.1", front.port)
+        )
         link = links(settings, iris_store)
         wait_until(lambda: sub.messages("telemetry"), what="telemetry through the 3.1.1 broker")
         status = link.connection_status()

@@ -85,23 +85,30 @@ def test_broker_killed_and_restarted_repeatedly_while_telemetry_flows(
     try:
         for _ in range(3):
             before = len(spooled.seqs())
-            wait_until(lambda: len(sub.seqs("telemetry")) > 5 and connected(link),
-                       what="telemetry flowing")  # fmt: skip
+            wait_until(
+                lambda: len(sub.seqs("telemetry")) > 5 and connected(link), what="telemetry flowing"
+            )
             moment = time.time()
-            wait_until(lambda: saved_after(broker, moment), what="a broker save")
+            wait_until(lambda m=moment: saved_after(broker, m), what="a broker save")
             broker.kill()
-            wait_until(lambda: len(spooled.seqs()) > before + 10, what="windows spooled offline")
+            wait_until(
+                lambda b=before: len(spooled.seqs()) > b + 10, what="windows spooled offline"
+            )
             broker.start()
             wait_until(sub.connected.is_set, what="the subscriber back")
     finally:
         done.set()
         worker.join()
     assert link.stop(timeout_s=10.0)
-    wait_until(lambda: any(m.doc["state"] == "offline" for m in sub.messages("status")),
-               what="the clean offline, the last message")  # fmt: skip
+    wait_until(
+        lambda: any(m.doc["state"] == "offline" for m in sub.messages("status")),
+        what="the clean offline, the last message",
+    )
     assert_no_loss(sub, spooled.seqs())
-    requests_counted = sum(m.doc["models"]["iris"]["requests"]
-                           for m in {m.seq: m for m in sub.messages("telemetry")}.values())  # fmt: skip
+    requests_counted = sum(
+        m.doc["models"]["iris"]["requests"]
+        for m in {m.seq: m for m in sub.messages("telemetry")}.values()
+    )
     assert requests_counted == service.stats()["models"]["iris"]["requests"]
 
 
@@ -170,23 +177,33 @@ def test_messages_sent_into_a_network_partition_are_sent_again(
     sub = subscriber(broker)
     proxy = Blackhole(broker.port)
     try:
-        settings = replace(settings_for(broker, iris_store, interval_s=0.05),
-                           broker=BrokerURL("mqtt", "127.0.0.1", proxy.port))  # fmt: skip
+        settings = replace(
+            settings_for(broker, iris_store, interval_s=0.05),
+            broker=BrokerURL("mqtt", "127.0.0.1", proxy.port),
+        )
         link = links(settings, iris_store)
         for cut in range(1, 3):
-            wait_until(lambda: len(sub.seqs("telemetry")) > 3 * cut and connected(link),
-                       what="telemetry flowing")  # fmt: skip
+            wait_until(
+                lambda: connected(link) and link.spool.rows <= 1,  # type: ignore[union-attr]
+                what="telemetry flowing, the spool drained",
+            )
             proxy.partition()
             sent = link.connection_status().published  # type: ignore[union-attr]
             # published (written to the socket), never acknowledged: paho holds them in memory
-            wait_until(lambda: link.connection_status().published >= sent + 10,  # type: ignore[union-attr]
-                       what="messages sent into the partition")  # fmt: skip
+            wait_until(
+                lambda s=sent: link.connection_status().published >= s + 10,  # type: ignore[union-attr]
+                what="messages sent into the partition",
+            )
             proxy.heal()
-            wait_until(lambda: link.connection_status().connects > cut,  # type: ignore[union-attr]
-                       what="a new connection")  # fmt: skip
+            wait_until(
+                lambda c=cut: link.connection_status().connects > c,  # type: ignore[union-attr]
+                what="a new connection",
+            )
         assert link.stop(timeout_s=10.0)
-        wait_until(lambda: any(m.doc["state"] == "offline" for m in sub.messages("status")),
-                   what="the clean offline, the last message")  # fmt: skip
+        wait_until(
+            lambda: any(m.doc["state"] == "offline" for m in sub.messages("status")),
+            what="the clean offline, the last message",
+        )
         assert proxy.dropped_bytes > 0
         assert_no_loss(sub, spooled.seqs())
     finally:
@@ -199,10 +216,20 @@ class Device:
     def __init__(self, home: Path, broker: Broker, log: Path, device_id: str = "dev-1") -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.runtime.telemetry.device_proc", str(home),
-             broker.url(), device_id, "0.1", str(log)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tests.runtime.telemetry.device_proc",
+                str(home),
+                broker.url(),
+                device_id,
+                "0.1",
+                str(log),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "READY"
 
@@ -252,8 +279,13 @@ def test_device_killed_while_the_broker_is_down_loses_nothing(
     devices.append(second)
     wait_until(lambda: waiting <= sub.seqs(), what="the spooled messages after the restart")
     second.stop()
-    wait_until(lambda: any(m.doc["state"] == "offline" and m.doc["reason"] == "shutdown"
-                           for m in sub.messages("status")), what="the clean offline")  # fmt: skip
+    wait_until(
+        lambda: any(
+            m.doc["state"] == "offline" and m.doc["reason"] == "shutdown"
+            for m in sub.messages("status")
+        ),
+        what="the clean offline",
+    )
     assert_no_loss(sub, first.spooled() | waiting | second.spooled())
     starts = [m for m in sub.messages("events") if m.doc["event"] == "agent-start"]
     assert len({m.seq for m in starts}) == 2
@@ -267,12 +299,16 @@ def test_last_will_when_the_device_dies(
     sub = subscriber(broker)
     device = Device(iris_store.home, broker, tmp_path / "run.log")
     devices.append(device)
-    wait_until(lambda: any(m.doc["state"] == "online" for m in sub.messages("status")),
-               what="the birth status")  # fmt: skip
+    wait_until(
+        lambda: any(m.doc["state"] == "online" for m in sub.messages("status")),
+        what="the birth status",
+    )
     device.kill()
-    will = wait_until(lambda: [m for m in sub.messages("status") if m.doc["state"] == "offline"],
-                      what="the Last Will")  # fmt: skip
+    will = wait_until(
+        lambda: [m for m in sub.messages("status") if m.doc["state"] == "offline"],
+        what="the Last Will",
+    )
     assert will[0].doc["reason"] == "connection-lost"
     late = subscriber(broker)
-    retained = wait_until(lambda: late.raw(), what="the retained status")
+    retained = wait_until(late.raw, what="the retained status")
     assert retained[0].retain and retained[0].parse().doc["state"] == "offline"

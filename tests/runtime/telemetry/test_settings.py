@@ -15,8 +15,13 @@ from runtime.telemetry.settings import MAX_PASSWORD_BYTES, PASSWORD_ENV
 
 
 def options(tmp_path: Path, **changes: Any) -> TelemetrySettings:
-    base: dict[str, Any] = {"broker": "mqtt://broker.local", "fleet": "lab", "device_id": "dev-7",
-                            "home": tmp_path, "environ": {}}  # fmt: skip
+    base: dict[str, Any] = {
+        "broker": "mqtt://broker.local",
+        "fleet": "lab",
+        "device_id": "dev-7",
+        "home": tmp_path,
+        "environ": {},
+    }
     base.update(changes)
     return TelemetrySettings.from_options(**base)
 
@@ -24,7 +29,11 @@ def options(tmp_path: Path, **changes: Any) -> TelemetrySettings:
 def test_defaults(tmp_path: Path) -> None:
     settings = options(tmp_path)
     assert settings.broker == BrokerURL("mqtt", "broker.local", 1883)
-    assert (settings.interval_s, settings.prefix, settings.sample_inputs) == (10.0, "edgeship/v1", 0)
+    assert (settings.interval_s, settings.prefix, settings.sample_inputs) == (
+        10.0,
+        "edgeship/v1",
+        0,
+    )
     assert settings.spool_path == tmp_path / "spool.sqlite"
     connection = settings.connection()
     assert connection.client_id == "dev-7" and connection.password is None
@@ -62,7 +71,9 @@ def test_password_from_a_file_wins_over_the_environment(tmp_path: Path) -> None:
         ({"sample_inputs": 1000}, "sample_inputs"),
     ],
 )
-def test_bad_options_are_usage_errors(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+def test_bad_options_are_usage_errors(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("pem")
     for key in ("ca", "cert"):
@@ -76,9 +87,14 @@ def test_bad_options_are_usage_errors(tmp_path: Path, changes: dict[str, Any], m
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"", "empty"), (b"\n\n", "empty"), (b"x" * (MAX_PASSWORD_BYTES + 1), "over"),
-     (b"\xff\xfe", "UTF-8"), (None, "No such file")],
-)  # fmt: skip
+    [
+        (b"", "empty"),
+        (b"\n\n", "empty"),
+        (b"x" * (MAX_PASSWORD_BYTES + 1), "over"),
+        (b"\xff\xfe", "UTF-8"),
+        (None, "No such file"),
+    ],
+)
 def test_bad_password_files(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "pw"
     if content is not None:

@@ -131,10 +131,13 @@ def test_age_bound_drops_old_rows(tmp_path: Path) -> None:
     ("build", "error"),
     [
         (payload(2_000), TransportError),
-        (lambda seq, info: (_ for _ in ()).throw(TelemetryMessageError("too big")), TelemetryMessageError),
+        (
+            lambda seq, info: (_ for _ in ()).throw(TelemetryMessageError("too big")),
+            TelemetryMessageError,
+        ),
     ],
     ids=["payload over the limit", "build fails"],
-)  # fmt: skip
+)
 def test_a_failed_append_writes_nothing_and_uses_no_number(tmp_path: Path, build, error) -> None:
     spool = Spool(tmp_path / "spool.sqlite", SpoolLimits(max_message_bytes=1_000))
     before = spool.next_seq()
@@ -198,8 +201,11 @@ while True:
 
 def test_a_killed_writer_loses_no_committed_row(tmp_path: Path) -> None:
     path = tmp_path / "spool.sqlite"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                             cwd=Path(__file__).resolve().parents[3])  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert child.stdout is not None
     committed = [int(child.stdout.readline()) for _ in range(300)]
     os.kill(child.pid, signal.SIGKILL)
