@@ -11,14 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
 from devices.emulation.arm64 import Arm64Device, EmulationConfig
 from devices.emulation.cpus import CORTEX_A7
 from packager.build import BuildOptions, build
+from runtime.install import install_bundle
+from runtime.model import LoadedModel
+from runtime.store import Store
+from runtime.trust import TrustPolicy
 from tests.arm.conftest import Report
-from tests.arm.parity import check_litert, prepare
+from tests.arm.parity import check_litert, compare, prepare
 from tests.conftest import Keys
+from tests.packager import tflite_models
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +90,51 @@ def test_aarch64_bundle_is_refused(
     )
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "error: target:" in done.stderr and "armv7" in done.stderr, done.stderr
+
+
+def test_tflite_bundle_installs_and_answers_like_x86(
+    armv7: Arm64Device, keys: Keys, report: Report, tmp_path: Path
+) -> None:
+    """A .tflite bundle built here for armv7-tflite installs there (self-test with the golden
+    vectors under tflite-runtime) and answers held-out rows as LiteRT does on this host."""
+    model = tflite_models.float_mlp(tmp_path / "mlp.tflite")
+    x = np.random.default_rng(7).normal(size=(200, 4)).astype(np.float32)
+    np.save(tmp_path / "sample.npy", x[:120])
+    opts = BuildOptions(
+        model=model,
+        targets=("armv7-tflite",),
+        keys=(keys.key("release"),),
+        name="mlp",
+        version="1.0.0",
+        sample=tmp_path / "sample.npy",
+        out=tmp_path / "dist",
+    )
+    (result,) = build(opts)
+    host_store = Store(tmp_path / "host")
+    host_store.save_policy(TrustPolicy.create([(keys.public("release"), "release")]))
+    install_bundle(host_store, result.path, allow_any_target=True)
+    host = LoadedModel.open(host_store.active_dir("mlp"))
+
+    label = "tflite bundle:armhf@cortex-a7"
+    home = "/var/lib/edgeship-tflite"
+    pub = armv7.copy_in(keys.pub("release"))
+    assert armv7.run(["init", "--trust", pub, "--home", home], cpu=CORTEX_A7).returncode == 0
+    done = armv7.run(
+        ["install", armv7.copy_in(result.path), "--home", home, "--json"], cpu=CORTEX_A7
+    )
+    report.steps.append((label, "install", done.seconds, done.returncode))
+    assert done.returncode == 0, done.stderr
+    assert done.json()["selftest"]["passed"]
+
+    held_out = x[120:]
+    np.save(tmp_path / "rows.npy", held_out)
+    args = ["predict", "mlp", "--input", armv7.copy_in(tmp_path / "rows.npy"), "--home", home]
+    done = armv7.run([*args, "--json"], cpu=CORTEX_A7)
+    report.steps.append((label, "predict", done.seconds, done.returncode))
+    assert done.returncode == 0, done.stderr
+    x86 = host.run({"input": held_out})
+    arm = {k: np.asarray(v, dtype=x86[k].dtype) for k, v in done.json()["outputs"].items()}
+    assert set(arm) == set(x86)
+    bad = compare(report, label, "none", "held-out", arm, x86, np.s_[:])
+    assert not bad, bad
+    assert np.allclose(arm["probabilities"], tflite_models.expected_float(held_out), atol=1e-5)
