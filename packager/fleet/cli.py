@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from packager.fleet.monitor import Monitor, MonitorSettings
 from packager.fleet.rules import Rule, load_rules
 from packager.fleet.status import alert_rows, alerts_table, fleet_status, status_table
 from packager.fleet.store import DEFAULT_DB, open_store, redact
-from packager.fleet.writer import WriterSettings
+from packager.fleet.writer import GC_THRESHOLDS, WriterSettings
 from runtime.cli import emit, json_option
 from runtime.errors import UsageError
 from runtime.telemetry.messages import DEFAULT_PREFIX, ID_RE
@@ -102,6 +103,7 @@ def monitor(broker: str, db: str, prefix: str, share: Optional[str], client_id: 
     Runs until SIGTERM or SIGINT, then stores what it holds and prints a summary.
     """
     setup_logging(json_log)
+    gc.set_threshold(*GC_THRESHOLDS)  # a long-lived process receiving many small messages
     if (cert is None) != (key is None):
         raise UsageError("--cert and --key go together")
     loaded: tuple[Rule, ...] = load_rules(rules) if rules else ()

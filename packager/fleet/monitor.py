@@ -139,11 +139,14 @@ class Monitor:
         later outages are retried with capped back-off, logged.
         """
         context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=writer_main, args=(child_conn, self.writer),
+        # one pipe each way: closing ours for requests ends the writer whatever the reader does
+        requests, self._requests = context.Pipe(duplex=False)
+        self._answers, answers = context.Pipe(duplex=False)
+        self._process = context.Process(target=writer_main, args=(requests, answers, self.writer),
                                         name="edgeship-fleet-writer", daemon=True)  # fmt: skip
         self._process.start()
-        child_conn.close()
+        requests.close()
+        answers.close()
         try:
             self._await_writer()
             reader = threading.Thread(target=self._read_writer, name="writer-answers", daemon=True)
@@ -154,9 +157,7 @@ class Monitor:
             finally:
                 self._shutdown(reader)
         finally:
-            if self._process.is_alive():
-                self._process.terminate()
-            self._process.join(5)
+            self._end_writer()
         if self._fatal is not None:
             raise FleetStoreError(self._fatal)
         return self.counts
@@ -168,11 +169,21 @@ class Monitor:
 
     # --- the writer process -------------------------------------------------------------------
 
+    def _end_writer(self) -> None:
+        """Close our end of the pipe (the writer stops at its end) and reap the process; one
+        that does not stop is killed (it ignores SIGTERM: the monitor decides when it stops)."""
+        self._stopped.set()
+        self._requests.close()
+        self._process.join(self.settings.writer_stop_s)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
     def _await_writer(self) -> None:
-        if not self._conn.poll(self.settings.writer_start_s):
+        if not self._answers.poll(self.settings.writer_start_s):
             raise FleetStoreError("the writer process did not start")
         try:
-            answer = self._conn.recv()
+            answer = self._answers.recv()
         except EOFError as e:
             raise FleetStoreError("the writer process exited at start") from e
         if answer[0] == "fatal":
@@ -183,7 +194,7 @@ class Monitor:
         """Take the writer's answers: acknowledge committed batches, publish alerts."""
         while True:
             try:
-                answer = self._conn.recv()
+                answer = self._answers.recv()
             except (EOFError, OSError):
                 if not self._stopped.is_set():
                     self._fatal = "the writer process exited unexpectedly"
@@ -255,7 +266,7 @@ class Monitor:
             number += 1
             self._pending[number] = [(i.mid, i.qos, i.generation) for i in items]
             try:
-                self._conn.send(("batch", number, [(i.topic, i.payload, i.received)
+                self._requests.send(("batch", number, [(i.topic, i.payload, i.received)
                                                    for i in items]))  # fmt: skip
             except OSError:
                 return  # the writer is gone: the reader has said so
@@ -264,7 +275,7 @@ class Monitor:
         self._accepting = False
         if self._fatal is None:
             with contextlib.suppress(OSError):
-                self._conn.send(("stop",))
+                self._requests.send(("stop",))
             if not self._stopped.wait(self.settings.writer_stop_s):
                 log.error("the writer did not finish in %g s; its last batches will come again",
                           self.settings.writer_stop_s)  # fmt: skip

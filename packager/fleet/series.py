@@ -110,19 +110,28 @@ def feedback(doc: dict[str, Any], measure: str) -> tuple[int, Optional[float]]:
     return count, None
 
 
+def _feedback_columns(given: dict[str, Any]) -> tuple[int, Optional[float], Optional[float]]:
+    doc = {"feedback": given}
+    count, accuracy = feedback(doc, "accuracy")
+    return count, accuracy, feedback(doc, "mae")[1]
+
+
 def rows(message: Message, received: float, raw: str) -> list[tuple[Any, ...]]:
     """The stored rows (:data:`COLUMNS`) of a checked telemetry message, one per model."""
     found = []
     ts = message.ts.timestamp()
     for name, doc in message.doc["models"].items():
         latency = doc["latency_ms"]
-        worst = worst_drift(doc)
-        count, accuracy = feedback(doc, "accuracy")
+        drift = doc.get("drift")
+        worst = max((s for scores in drift.values() for s in scores.values() if s is not None),
+                    default=None) if drift else None  # fmt: skip
+        given = doc.get("feedback")
+        count, accuracy, mae = _feedback_columns(given) if given else (0, None, None)
         found.append((
             message.fleet, message.device, name, message.seq, ts, received, doc["version"],
             doc["requests"], doc["errors"], doc["rejected"], latency.get("p50"),
-            latency.get("p95"), latency.get("p99"), latency.get("max"),
-            None if worst is None else worst[2], count, accuracy, feedback(doc, "mae")[1], raw,
+            latency.get("p95"), latency.get("p99"), latency.get("max"), worst, count, accuracy,
+            mae, raw,
         ))  # fmt: skip
     return found
 

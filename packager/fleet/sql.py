@@ -28,10 +28,10 @@ CHUNK = 300
 
 TELEMETRY = COLUMNS
 DEVICE = (
-    "fleet", "device", "birth_seq", "will_seq", "offline_seq", "offline_since", "status",
-    "last_seq", "last_ts", "first_seen", "last_seen",
+    "fleet", "device", "birth_seq", "prev_birth_seq", "will_seq", "lost_seq", "lost_since",
+    "shutdown_seq", "shutdown_since", "status", "last_seq", "last_ts", "first_seen", "last_seen",
 )  # fmt: skip
-STATUS = DEVICE[2:7]
+STATUS = DEVICE[2:10]
 """The device columns only status messages change (the rest only ever grow or shrink)."""
 EVENT = ("fleet", "device", "seq", "ts", "received", "event", "model", "detail")
 ALERT = ("id", "rule", "kind", "severity", "fleet", "device", "model", "value", "threshold",
@@ -55,11 +55,13 @@ def schema(autoid: str) -> list[str]:
             seq BIGINT NOT NULL, kind TEXT NOT NULL, received DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (fleet, device, seq))""",
         """CREATE TABLE IF NOT EXISTS fleet_devices (fleet TEXT NOT NULL, device TEXT NOT NULL,
-            birth_seq BIGINT NOT NULL DEFAULT -1, will_seq BIGINT NOT NULL DEFAULT -1,
-            offline_seq BIGINT NOT NULL DEFAULT -1, offline_since DOUBLE PRECISION,
-            status TEXT NOT NULL DEFAULT '{}', last_seq BIGINT NOT NULL DEFAULT -1,
-            last_ts DOUBLE PRECISION, first_seen DOUBLE PRECISION, last_seen DOUBLE PRECISION,
-            online INTEGER, PRIMARY KEY (fleet, device))""",
+            birth_seq BIGINT NOT NULL DEFAULT -1, prev_birth_seq BIGINT NOT NULL DEFAULT -1,
+            will_seq BIGINT NOT NULL DEFAULT -1, lost_seq BIGINT NOT NULL DEFAULT -1,
+            lost_since DOUBLE PRECISION, shutdown_seq BIGINT NOT NULL DEFAULT -1,
+            shutdown_since DOUBLE PRECISION, status TEXT NOT NULL DEFAULT '{}',
+            last_seq BIGINT NOT NULL DEFAULT -1, last_ts DOUBLE PRECISION,
+            first_seen DOUBLE PRECISION, last_seen DOUBLE PRECISION, online INTEGER,
+            PRIMARY KEY (fleet, device))""",
         f"""CREATE TABLE IF NOT EXISTS fleet_telemetry ({_WINDOW_COLUMNS},
             PRIMARY KEY (fleet, device, model, seq))""",
         # every (device, model) that ever sent a window: the newest window of each is found

@@ -9,10 +9,13 @@ docs/adr/0008-monitor-ingest.md):
 - last seq, last seen and first seen only ever move one way (maxima and minima);
 - a model's version is the one named by the newer of the newest birth (listing it, or no longer
   listing it: removed) and the model's newest telemetry window (:meth:`DeviceState.versions`);
-- the device is offline when its newest ``offline`` status is newer than its newest birth (a
-  clean shutdown, or a session whose birth was never sent), or is the Last Will of the session
-  that birth opened. A device registers its will with the seq taken just before the birth's, so
-  that will is ``birth seq - 1``; a birth may name it explicitly as ``will_seq``.
+- the device is offline when a clean ``offline`` status (``"reason": "shutdown"``) or a Last
+  Will (any other offline status, ``"reason": "connection-lost"``) is newer than its newest birth
+  (a session whose birth never came), or when the Last Will of the session that birth opened has
+  arrived. That will is older than its birth: its payload, seq included, is fixed when the device
+  connects, before the birth is sent. It is the will named by the birth (``"will_seq": N``), or
+  else the newest will that lies between the two newest births (closer than ``WILL_GAP`` to the
+  birth when only one birth was ever seen: an older will would be followed by a whole session).
 
 This module is pure: no I/O, no clock.
 """
@@ -25,6 +28,9 @@ from typing import Any, Mapping, Optional
 from runtime.telemetry.messages import Message
 
 NO_SEQ = -1
+WILL_GAP = 16
+"""Most seqs a device may take between registering its will and sending its birth (windows that
+close while it connects), when the monitor knows no earlier birth to bound the will."""
 
 
 @dataclass
@@ -34,10 +40,16 @@ class DeviceState:
     fleet: str
     device: str
     birth_seq: int = NO_SEQ
+    prev_birth_seq: int = NO_SEQ
+    """The second highest birth seq: the will of the newest session lies between the two."""
     will_seq: int = NO_SEQ
-    offline_seq: int = NO_SEQ
-    offline_since: Optional[float] = None
-    """Monitor time (epoch seconds) at which the newest ``offline`` status arrived."""
+    """The will the newest birth names (``will_seq``), if it does."""
+    lost_seq: int = NO_SEQ
+    """The newest Last Will (an offline status not saying ``"reason": "shutdown"``)."""
+    lost_since: Optional[float] = None
+    shutdown_seq: int = NO_SEQ
+    """The newest clean shutdown (``"reason": "shutdown"``)."""
+    shutdown_since: Optional[float] = None
     status: dict[str, Any] = field(default_factory=dict)
     """The newest birth: runtime_version, profile, models (the envelope fields removed)."""
     last_seq: int = NO_SEQ
@@ -54,11 +66,28 @@ class DeviceState:
     @property
     def online(self) -> Optional[bool]:
         """True or False from the status messages seen; None when none was seen."""
-        if self.birth_seq == NO_SEQ and self.offline_seq == NO_SEQ:
-            return None
-        if self.offline_seq == NO_SEQ:
-            return True
-        return not (self.offline_seq > self.birth_seq or self.offline_seq == self.will_seq)
+        return self._offline_since() is None if self._seen_status else None
+
+    @property
+    def offline_since(self) -> Optional[float]:
+        """Monitor time (epoch seconds) the message that makes the device offline arrived."""
+        return self._offline_since()
+
+    @property
+    def _seen_status(self) -> bool:
+        return max(self.birth_seq, self.lost_seq, self.shutdown_seq) != NO_SEQ
+
+    def _offline_since(self) -> Optional[float]:
+        if self.shutdown_seq > self.birth_seq:
+            return self.shutdown_since
+        if self.lost_seq > self.birth_seq:
+            return self.lost_since
+        if self.will_seq != NO_SEQ:
+            return self.lost_since if self.lost_seq == self.will_seq else None
+        bounded = self.prev_birth_seq != NO_SEQ or self.birth_seq - self.lost_seq <= WILL_GAP
+        if self.lost_seq > self.prev_birth_seq and bounded:
+            return self.lost_since
+        return None
 
     def versions(self, windows: Optional[Mapping[str, tuple[str, int]]] = None) -> dict[str, str]:
         """Installed models and their versions, given the ``(version, seq)`` of each model's
@@ -75,9 +104,12 @@ class DeviceState:
             "fleet": self.fleet,
             "device": self.device,
             "birth_seq": self.birth_seq,
+            "prev_birth_seq": self.prev_birth_seq,
             "will_seq": self.will_seq,
-            "offline_seq": self.offline_seq,
-            "offline_since": self.offline_since,
+            "lost_seq": self.lost_seq,
+            "lost_since": self.lost_since,
+            "shutdown_seq": self.shutdown_seq,
+            "shutdown_since": self.shutdown_since,
             "status": self.status,
             "last_seq": self.last_seq,
             "last_ts": self.last_ts,
@@ -113,13 +145,16 @@ def apply_status(state: DeviceState, message: Message, received: float) -> None:
     """The part of a merge only status messages make: birth, will, offline."""
     seq, doc = message.seq, message.doc
     if doc["state"] == "offline":
-        if seq > state.offline_seq:
-            state.offline_seq = seq
-            state.offline_since = received
+        if doc.get("reason") == "shutdown":
+            if seq > state.shutdown_seq:
+                state.shutdown_seq, state.shutdown_since = seq, received
+        elif seq > state.lost_seq:
+            state.lost_seq, state.lost_since = seq, received
         return
-    if seq <= state.birth_seq:
+    if seq < state.birth_seq:
+        state.prev_birth_seq = max(state.prev_birth_seq, seq)
         return
-    state.birth_seq = seq
+    state.prev_birth_seq, state.birth_seq = state.birth_seq, seq
     will = doc.get("will_seq")
-    state.will_seq = will if isinstance(will, int) and not isinstance(will, bool) else seq - 1
+    state.will_seq = will if isinstance(will, int) and not isinstance(will, bool) else NO_SEQ
     state.status = {k: v for k, v in doc.items() if k not in _ENVELOPE}

@@ -21,6 +21,7 @@ one: a batch is answered only once committed. It exits when the monitor says sto
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import time
@@ -46,6 +47,9 @@ from runtime.telemetry.messages import (
 log = logging.getLogger(__name__)
 
 LAG_SAMPLES = 100_000
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Parsed messages are many small dicts that live for one batch: with Python's default (700, 10,
+10) the cyclic collector runs every few messages and costs about a fifth of the checking time."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,11 @@ class Writer:
                 self._bad_log.warning(reason, "dropped a bad message on %.200s (%s): %.300s",
                                       topic, reason, e)  # fmt: skip
                 continue
+            except Exception as e:  # noqa: BLE001 - a fault in a check must not stop ingestion
+                bad["error"] += 1
+                self._bad_log.warning("error", "dropped a message on %.200s that broke its "
+                                      "check (%s: %.300s)", topic, type(e).__name__, e)  # fmt: skip
+                continue
             good.append(Received(message, received, payload.decode("utf-8")))
         result = self._store(good)
         committed = time.time()
@@ -176,43 +185,44 @@ class Writer:
 
         return {"lag_p50_ms": pct(0.50), "lag_p99_ms": pct(0.99), "store_errors": self.store_errors}
 
-    def serve(self, conn: Any) -> None:
+    def serve(self, requests: Any, answers: Any) -> None:
         """Answer the monitor's batches until it says stop or goes away."""
         next_check = time.monotonic()
         while True:
             wait = 1.0
             if self.engine is not None:
                 wait = max(0.0, min(wait, next_check - time.monotonic()))
-            if conn.poll(wait):
+            if requests.poll(wait):
                 try:
-                    request = conn.recv()
+                    request = requests.recv()
                 except EOFError:
                     return
                 if request[0] == "stop":
                     break
-                conn.send(("done", request[1], self.process(request[2])))
+                answers.send(("done", request[1], self.process(request[2])))
             if self.engine is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + self.settings.check_interval_s
                 alerts = self.judge(self.engine.on_timer)
                 if alerts:
-                    conn.send(("alerts", alerts))
-        conn.send(("stopped", self.final()))
+                    answers.send(("alerts", alerts))
+        answers.send(("stopped", self.final()))
 
 
-def writer_main(conn: Any, settings: WriterSettings) -> None:
+def writer_main(requests: Any, answers: Any, settings: WriterSettings) -> None:
     """The child process: open the store, say ready (or fatal), serve."""
     # the monitor process decides when to stop; a Ctrl-C reaches the whole process group
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gc.set_threshold(*GC_THRESHOLDS)
     setup_logging(settings.json_log)
     try:
         store = open_store(settings.db)
     except EdgeshipError as e:
-        conn.send(("fatal", e.exit_code, str(e)))
+        answers.send(("fatal", e.exit_code, str(e)))
         return
     try:
-        conn.send(("ready",))
-        Writer(store, settings).serve(conn)
+        answers.send(("ready",))
+        Writer(store, settings).serve(requests, answers)
     except (BrokenPipeError, EOFError):
         log.warning("the monitor went away; the writer stops")
     finally:

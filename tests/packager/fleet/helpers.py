@@ -34,6 +34,14 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
         time.sleep(0.05)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -73,9 +81,13 @@ def status(
     seq: int,
     state: str = "online",
     models: tuple[tuple[str, str], ...] = (("digits", "1.0.0"),),
+    reason: Optional[str] = None,
 ) -> dict[str, Any]:
+    """A birth, or with ``state="offline"`` a Last Will (``reason="shutdown"``: a clean stop)."""
     doc = envelope("status", fleet, device, seq, now())
     doc["state"] = state
+    if reason is not None:
+        doc["reason"] = reason
     if state == "online":
         doc.update(
             runtime_version="0.1.0",
@@ -218,6 +230,19 @@ class MonitorProcess:
         assert self.proc.returncode == 0, self.log_text()
         self.proc = None
         return json.loads(out.decode().strip().splitlines()[-1])
+
+    def children(self) -> list[int]:
+        """Process ids of the monitor's child processes (its writer)."""
+        assert self.proc is not None
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                found.append(int(stat.parent.name))
+        return found
 
     def kill(self) -> None:
         assert self.proc is not None

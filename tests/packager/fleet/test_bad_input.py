@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import pytest
 
-from packager.fleet.writer import bad_reason, check_names
 from packager.fleet.store import open_store
+from packager.fleet.writer import bad_reason, check_names
 from runtime.errors import TelemetryMessageError
 from runtime.telemetry.messages import MAX_MESSAGE_BYTES, encode, parse_message
 from tests.broker import Broker

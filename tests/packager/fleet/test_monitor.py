@@ -13,6 +13,7 @@ from tests.broker import Broker
 from tests.packager.fleet.helpers import (
     MonitorProcess,
     Publisher,
+    alive,
     event,
     status,
     telemetry,
@@ -179,7 +180,10 @@ def test_monitor_killed_mid_stream_loses_nothing_and_stores_once(
         for i, d in enumerate(devices)
     ]
     wait_for(lambda: count() >= 300, what="the first messages stored")
+    writers = monitor.children()
     monitor.kill()  # SIGKILL: no flush, no goodbye; unacknowledged messages stay with the broker
+    # its writer process finishes the batch in hand (never acknowledged) and exits
+    wait_for(lambda: not any(alive(pid) for pid in writers), what="the writer's exit")
     at_kill = count()
     assert at_kill < total  # it died mid-stream
     monitor.start()

@@ -38,19 +38,19 @@ def summary(state: DeviceState, docs: list[dict[str, Any]]) -> tuple[Any, ...]:
     return (state.online, versions, state.status, state.last_seq, state.last_ts, state.birth_seq)
 
 
-# two sessions: will 0, birth 1, telemetry, clean offline 5; will 6, birth 7, telemetry 8
-# (version 2 after an install, then a birth without the old model), will 10 fired
+# three sessions: will 0, birth 1, telemetry, clean shutdown 5; will 6, birth 7, telemetry 8
+# (version 2 after an install); will 10, birth 11 (without the model 'extra'), and will 10 fired
 HISTORY = [
     status("lab", "dev-1", 1),
     telemetry("lab", "dev-1", 2),
     telemetry("lab", "dev-1", 3, model="extra", version="0.1.0"),
     event("lab", "dev-1", 4),
-    status("lab", "dev-1", 5, state="offline"),
+    status("lab", "dev-1", 5, state="offline", reason="shutdown"),
     status("lab", "dev-1", 7, models=(("digits", "2.0.0"), ("extra", "0.1.0"))),
     telemetry("lab", "dev-1", 8, version="2.0.0"),
     status("lab", "dev-1", 11, models=(("digits", "2.0.0"),)),
     telemetry("lab", "dev-1", 9, model="extra", version="0.1.0"),
-    status("lab", "dev-1", 10, state="offline"),
+    status("lab", "dev-1", 10, state="offline", reason="connection-lost"),
 ]
 
 
@@ -70,40 +70,37 @@ def test_the_newest_birth_and_versions_win() -> None:
     assert state.last_seq == 11
 
 
-def test_an_older_sessions_will_does_not_mark_the_device_offline() -> None:
-    state = merged(
-        [
-            status("lab", "dev-1", 1),
-            status("lab", "dev-1", 0, state="offline"),
-            status("lab", "dev-1", 6),
-            status("lab", "dev-1", 3, state="offline"),
-        ]
-    )
-    assert state.online is True
+def offline(seq: int, reason: str = "connection-lost") -> dict[str, Any]:
+    return status("lab", "dev-1", seq, state="offline", reason=reason)
+
+
+def test_only_the_will_of_the_newest_session_marks_the_device_offline() -> None:
+    births = [status("lab", "dev-1", 1), status("lab", "dev-1", 6)]
+    assert merged([*births, offline(0)]).online is True  # the first session's will
+    assert merged([*births, offline(4)]).online is False  # registered after birth 1: this one's
+    assert merged([*births, offline(9)]).online is False  # a session whose birth never came
+    # a clean shutdown of the first session lies between the births too: it is no will
+    assert merged([*births, offline(3, reason="shutdown")]).online is True
+
+
+def test_with_one_birth_known_the_will_must_be_close_to_it() -> None:
+    birth = status("lab", "dev-1", 100)
+    assert merged([birth, offline(95)]).online is False
+    assert merged([birth, offline(40)]).online is True  # a whole session lies between
 
 
 def test_a_clean_shutdown_marks_offline_and_a_new_birth_online_again() -> None:
-    assert (
-        merged([status("lab", "dev-1", 1), status("lab", "dev-1", 9, state="offline")]).online
-        is False
-    )
-    assert (
-        merged(
-            [
-                status("lab", "dev-1", 1),
-                status("lab", "dev-1", 9, state="offline"),
-                status("lab", "dev-1", 11),
-            ]
-        ).online
-        is True
-    )
+    stopped = [status("lab", "dev-1", 1), offline(9, reason="shutdown")]
+    assert merged(stopped).online is False
+    assert merged(stopped).offline_since == 1001.0
+    assert merged([*stopped, status("lab", "dev-1", 11)]).online is True
 
 
 def test_a_birth_may_name_its_will_seq() -> None:
     birth = status("lab", "dev-1", 20)
     birth["will_seq"] = 12
-    assert merged([birth, status("lab", "dev-1", 12, state="offline")]).online is False
-    assert merged([birth, status("lab", "dev-1", 19, state="offline")]).online is True
+    assert merged([birth, offline(12)]).online is False
+    assert merged([birth, offline(19)]).online is True
 
 
 def test_state_unknown_without_status_and_telemetry_alone_gives_versions() -> None:
