@@ -12,7 +12,13 @@ rows and a held-out set go through ``edgeship-device predict --json`` on the dev
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,6 +36,7 @@ from sklearn.preprocessing import StandardScaler
 from devices.emulation.arm64 import Arm64Device, DeviceRun, EmulationConfig
 from devices.emulation.cpus import CORTEX_A53, CORTEX_A72, NEOVERSE_N1, CpuModel, cpu_for_profile
 from packager.build import BuildOptions, build
+from packager.fleet.store import open_store
 from runtime.install import install_bundle
 from runtime.model import LoadedModel
 from runtime.selftest import load_golden
@@ -37,8 +44,10 @@ from runtime.store import Store
 from runtime.trust import TrustPolicy
 from tests.arm.conftest import Report
 from tests.arm.parity import check_litert, compare, prepare
+from tests.broker import Broker, free_port, wait_port
 from tests.conftest import Keys
 
+BIN = Path(sys.executable).parent
 TARGETS = ("aarch64-generic", "raspberry-pi-4")
 CORES = {
     "aarch64-generic": (cpu_for_profile("aarch64-generic"), NEOVERSE_N1),
@@ -362,3 +371,106 @@ def test_litert_backend_matches_x86(
     """edgeship's LiteRT backend (ai-edge-litert) on aarch64 vs x86-64, float32 and int8."""
     bad = check_litert(device, cpu, kind, report, tmp_path)
     assert not bad, bad
+
+
+def test_agent_on_arm_reports_to_the_host_monitor(
+    device: Arm64Device,
+    homes: Homes,
+    bundles: Bundles,
+    sources: dict[str, Source],
+    report: Report,
+    mosquitto: Callable[..., Broker],
+    tmp_path: Path,
+) -> None:
+    """The agent runs on the emulated device against the host's broker: requests to its local
+    API are counted in telemetry windows that reach the host's fleet monitor, exactly once."""
+    target, cpu = TARGETS[0], CORES[TARGETS[0]][0]
+    home = homes(target, cpu)
+    args = ["install", device.copy_in(bundles("iris", "none", target)), "--home", home, "--json"]
+    assert run(device, report, "agent", "install", args, cpu).returncode == 0
+    broker = mosquitto()
+    db = tmp_path / "fleet.db"
+    monitor = subprocess.Popen(
+        [
+            str(BIN / "edgeship"),
+            "fleet",
+            "monitor",
+            "--broker",
+            broker.url(),
+            "--db",
+            f"sqlite:///{db}",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    port = free_port()
+    device.use_cpu(cpu)
+    started = time.monotonic()
+    agent = subprocess.Popen(
+        device.command(
+            [
+                "edgeship-device",
+                "agent",
+                "--serve",
+                f"127.0.0.1:{port}",
+                "--broker",
+                broker.url(),
+                "--fleet",
+                "lab",
+                "--device-id",
+                "arm-1",
+                "--telemetry-interval",
+                "1",
+                "--home",
+                home,
+            ]
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_port(port, timeout=180)
+        report.steps.append(
+            ("agent:" + f"{target}@{cpu.qemu}", "start", time.monotonic() - started, 0)
+        )
+        rows = sources["iris"].held_out[:20]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for row in rows:
+            body = {
+                "inputs": [
+                    {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": row.tolist()}
+                ]
+            }
+            connection.request("POST", "/v2/models/iris-none/infer", json.dumps(body))
+            answer = connection.getresponse()
+            assert answer.status == 200, answer.read()
+            answer.read()
+        connection.close()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=120) == 0, agent.stderr.read() if agent.stderr else ""
+        deadline = time.monotonic() + 60
+        counted = -1
+        while time.monotonic() < deadline:
+            store = open_store(f"sqlite:///{db}")
+            try:
+                devices = {d.device: d for d in store.devices("lab")}
+                windows = store.windows("lab", "arm-1", "iris-none") if "arm-1" in devices else []
+            finally:
+                store.close()
+            counted = sum(w.requests for w in windows)
+            if counted >= len(rows) and not devices["arm-1"].online:
+                break
+            time.sleep(0.5)
+        assert counted == len(rows), f"the monitor counted {counted} of {len(rows)} requests"
+        assert devices["arm-1"].status.get("profile") == target
+        report.steps.append(
+            ("agent:" + f"{target}@{cpu.qemu}", "telemetry", time.monotonic() - started, 0)
+        )
+    finally:
+        for proc in (agent, monitor):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
