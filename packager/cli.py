@@ -495,7 +495,8 @@ def push(
 )
 @json_option
 def demo(workdir: Optional[Path], as_json: bool) -> None:
-    """Run the whole story on this machine: train, sign, build, install, predict, roll back."""
+    """Run the whole story on this machine: train, sign, build, install, predict, roll back,
+    then serve through the agent with telemetry to a private broker and the fleet monitor."""
     import tempfile
 
     from packager.demo import run_demo

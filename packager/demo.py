@@ -1,7 +1,8 @@
 """``edgeship demo``: the whole story on this machine, with embedded defaults.
 
 Trains a small scikit-learn model, makes a key, builds two signed versions, sets up a device store
-in a folder, installs, predicts, upgrades, shows a tampered bundle refused, and rolls back.
+in a folder, installs, predicts, upgrades, shows a tampered bundle refused, and rolls back; then
+runs the device agent against a private broker with the fleet monitor watching (demo_live.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from devices import host_arch
 from packager.build import BuildOptions, build
+from packager.demo_live import run_live
 from packager.keys import generate
 from runtime.errors import BundleError
 from runtime.install import install_bundle, rollback
@@ -94,10 +96,12 @@ def run_demo(workdir: Path, say: Say) -> dict[str, Any]:
     say(f"upgraded to {second.manifest.version} in slot {second.slot}")
     back = rollback(store, "iris")
     say(f"rolled back from {back.from_version} to {back.to_version}")
+    live = run_live(workdir, store.home, "iris", x[::5].astype(np.float32), say)
     return {
         "workdir": str(workdir),
         "bundles": [str(b) for b in bundles],
         "labels": labels,
         "tampered_refused": refused,
         "active": back.to_version,
+        "live": live,
     }

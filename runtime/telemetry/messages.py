@@ -150,7 +150,7 @@ def parse_message(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> M
             f"{where.fleet}/{where.device}"
         )
     seq = doc.get("seq")
-    if not _is_int(seq) or seq < 0:
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise TelemetryMessageError("seq must be a non-negative integer")
     ts = parse_ts(doc.get("ts"))
     _CHECKS[where.kind](doc)

@@ -124,6 +124,9 @@ def test_demo_runs_end_to_end(run, tmp_path):
     assert doc["labels"] == [0, 1, 2]
     assert doc["tampered_refused"].startswith("payload")
     assert doc["active"] == "1.0.0"
+    live = doc["live"]
+    assert live["requests"] == 30 and live["counted"] == 30
+    assert live["status"]["device"] == "device-1" and not live["status"]["online"]
 
 
 @pytest.mark.parametrize(
