@@ -1,19 +1,21 @@
 """One model version's aggregates over one telemetry window: requests in, a report out.
 
-:meth:`ModelWindow.observe` counts one request on the request's thread, so it does the least
-that keeps every count exact and lets go of the request's arrays at once (holding them for later
-costs a request more than counting it now): a few integer and dict updates, the latency appended
-to a buffer that is folded into a :class:`~runtime.telemetry.sampling.LogHistogram` every
-``FOLD`` requests, class labels counted, and a copy of the inputs only for the requests the
-drift sample keeps. Values needed whole are bounded by :class:`WindowLimits` and kept as uniform
-samples past the bound. :meth:`ModelWindow.report` turns it into the per-model part of a
-telemetry message (docs/telemetry.md), off the request path.
+A request is counted on its own thread (the collector's hot path and :meth:`ModelWindow.served`),
+so the counting does the least that keeps every count exact and lets go of the request's arrays
+at once (holding them for later costs a request more than counting it now): a few integer
+updates; the latency and the predicted labels appended to buffers that are folded into a
+:class:`~runtime.telemetry.sampling.LogHistogram` and the class counts every ``FOLD`` requests;
+and a copy of the inputs only for the requests the drift sample picks. Values needed whole are
+bounded by :class:`WindowLimits` and kept as uniform samples past the bound.
+:meth:`ModelWindow.report` turns it into the per-model part of a telemetry message
+(docs/telemetry.md), off the request path.
 """
 
 from __future__ import annotations
 
 import random
 from array import array
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -27,7 +29,10 @@ QUANTILES = (5, 25, 50, 75, 95)
 OTHER = "_other"
 """Where classes, rejection reasons or features past their bound are counted."""
 FOLD = 4_096
-"""Latencies buffered before they are folded into the histogram (one numpy pass)."""
+"""Requests whose latencies and labels are buffered before they are folded into the histogram
+and the class counts."""
+MAX_LABELS = 65_536
+"""Labels buffered at most (big batches fill the buffer before ``FOLD`` requests)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,10 @@ def _bump(counts: dict[Any, int], key: Any, by: int, cap: int) -> None:
 
 
 def _copy(feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    return {name: np.array(value, copy=True) for name, value in feeds.items()}
+    return {
+        name: value.copy() if isinstance(value, np.ndarray) else np.array(value)
+        for name, value in feeds.items()
+    }
 
 
 class ModelWindow:
@@ -80,6 +88,7 @@ class ModelWindow:
         "feedback_rows",
         "feedback_task",
         "inputs",
+        "labels",
         "last_error",
         "latencies",
         "limits",
@@ -94,7 +103,11 @@ class ModelWindow:
         "version",
     )
 
-    def __init__(self, version: str, limits: WindowLimits, rng: random.Random) -> None:
+    def __init__(
+        self, version: str, limits: WindowLimits, rng: random.Random, expected: int = 0
+    ) -> None:
+        """``expected`` served requests in this window (the last window's count) lets the
+        samples thin the stream to about twice their size before sampling it."""
         self.version = version
         self.limits = limits
         self.requests = self.rows = self.errors = 0
@@ -105,24 +118,20 @@ class ModelWindow:
         self.latencies = LogHistogram()
         self.buffer = array("d")
         self.classes: dict[Any, int] = {}
-        self.values: Reservoir[np.ndarray] = Reservoir(limits.prediction_samples, rng)
+        self.labels: list[Any] = []
+        """Predicted labels not counted yet (counted with the latencies, every ``FOLD``)."""
+        thin = max(1, expected // (2 * limits.prediction_samples))
+        self.values: Reservoir[np.ndarray] = Reservoir(limits.prediction_samples, rng, thin)
         self.value_rows = 0
-        self.inputs: Reservoir[dict[str, np.ndarray]] = Reservoir(limits.drift_requests, rng)
+        thin = max(1, expected // (2 * limits.drift_requests))
+        self.inputs: Reservoir[dict[str, np.ndarray]] = Reservoir(limits.drift_requests, rng, thin)
         self.feedback_task: Optional[str] = None
         self.feedback_rows = self.correct = 0
         self.abs_error = self.squared_error = 0.0
 
-    def observe(self, o: Observation) -> None:
-        """Count one request of this model version."""
-        self.requests += 1
-        if o.rejected is not None or o.error is not None:
-            self._refused_or_failed(o)
-            return
-        self.rows += o.rows
-        buffer = self.buffer
-        buffer.append(o.latency_s)
-        if len(buffer) >= FOLD:
-            self.fold()
+    def served(self, o: Observation) -> None:
+        """Count the parts of a served request past the counters (the collector's hot path does
+        those inline): out-of-range values, the prediction, and the drift sample."""
         if o.out_of_range:
             for feature, count in o.out_of_range.items():
                 _bump(self.out_of_range, feature, count, self.limits.keys)
@@ -132,18 +141,20 @@ class ModelWindow:
                 self.value_rows += predicted.size
                 self.values.offer(predicted)
             else:
-                classes = self.classes
-                for label in predicted.tolist():
-                    classes[label] = classes.get(label, 0) + 1
-                if len(classes) > self.limits.classes:
-                    self._cap_classes()
-        if o.feeds is not None:
+                labels = self.labels
+                labels.extend(predicted.tolist())
+                if len(labels) >= MAX_LABELS:
+                    self.fold()
+        feeds = o.feeds
+        if feeds is not None:
             sample = self.inputs
             sample.seen += 1
             if sample.seen >= sample.next:
-                sample.keep(_copy(o.feeds))
+                sample.candidate(lambda: _copy(feeds))
 
-    def _refused_or_failed(self, o: Observation) -> None:
+    def refused_or_failed(self, o: Observation) -> None:
+        """Count a request the model refused or failed on."""
+        self.requests += 1
         if o.rejected is not None:
             _bump(self.rejected, o.rejected, 1, self.limits.keys)
             _bump(self.rejected_rows, o.rejected, o.rows, self.limits.keys)
@@ -159,10 +170,17 @@ class ModelWindow:
                 self.classes[OTHER] = self.classes.get(OTHER, 0) + self.classes.pop(label)
 
     def fold(self) -> None:
-        """Move the buffered latencies into the histogram."""
+        """Move the buffered latencies into the histogram and count the buffered labels."""
         if self.buffer:
             self.latencies.add(np.frombuffer(self.buffer, dtype=np.float64))
             self.buffer = array("d")
+        if self.labels:
+            classes = self.classes
+            for label, count in Counter(self.labels).items():
+                classes[label] = classes.get(label, 0) + count
+            self.labels = []
+            if len(classes) > self.limits.classes:
+                self._cap_classes()
 
     def add_feedback(self, record: FeedbackRecord) -> None:
         """Count ground truth against the prediction it belongs to."""
@@ -204,7 +222,9 @@ class ModelWindow:
             "predictions": self._predictions(),
         }
         tables = _tables(self.inputs.items, self.limits.drift_rows, rng)
-        doc["drift"] = {k: s.to_dict() for k, s in drift_scores(found, tables).items()}
+        scores = drift_scores(found, tables)
+        doc["drift"] = {feature: score.to_dict() for feature, score in scores.items()}
+        doc["drift_rows"] = max((score.n for score in scores.values()), default=0)
         if self.feedback_rows:
             doc["feedback"] = self._feedback()
         if sample_inputs and tables:
@@ -225,6 +245,7 @@ class ModelWindow:
         return doc
 
     def _predictions(self) -> dict[str, Any]:
+        self.fold()
         if self.classes:
             classes = sorted((str(label), n) for label, n in self.classes.items())
             return {"count": sum(self.classes.values()), "classes": dict(classes)}

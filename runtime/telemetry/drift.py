@@ -41,14 +41,15 @@ MAX_BINS = 1024
 
 @dataclass(frozen=True)
 class DriftScore:
-    """One feature's drift in one window: PSI, JS distance and the values they were computed on."""
+    """One feature's drift in one window: PSI, JS distance, and how many values they stand on
+    (``n``; reported once per model as ``drift_rows``, the scores alone per feature)."""
 
     psi: float
     js: float
     n: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"psi": round(self.psi, 6), "js": round(self.js, 6), "n": self.n}
+        return {"psi": round(self.psi, 6), "js": round(self.js, 6)}
 
 
 @dataclass(frozen=True)

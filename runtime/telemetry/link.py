@@ -9,9 +9,9 @@ feedback and model events into spooled MQTT messages (design.md §5, docs/teleme
     mqtt thread: Spool ──publish, QoS 1──▶ broker ──PUBACK──▶ delete row
 
 The agent builds it from its options (:meth:`TelemetrySettings.from_options`), adds it to the
-inference service's observers, :meth:`TelemetryLink.start` s it, and :meth:`TelemetryLink.stop` s it
-after the request sources have stopped, so the last open window is closed and spooled and every
-request is counted exactly once.
+inference service's observers, calls :meth:`TelemetryLink.start`, and calls
+:meth:`TelemetryLink.stop` after the request sources have stopped, so the last open window is
+closed and spooled and every request is counted exactly once.
 """
 
 from __future__ import annotations
@@ -151,6 +151,15 @@ class TelemetryLink(Observer):
         drained = self._publisher.stop(max(0.0, deadline - time.monotonic()))
         self._spool.close()
         return drained
+
+    def flush(self) -> None:
+        """Close the open window and spool it, with any queued events, now (the window thread
+        does this every ``interval_s``). Raises RuntimeError before start() or after stop()."""
+        if self._spool is None or self._stopped:
+            raise RuntimeError("the telemetry link is not running")
+        with self._spool_lock:
+            self._flush_events()
+            self._close_window()
 
     def status(self) -> dict[str, Any]:
         """Connection state, its problem if any, and the spool's size, for status displays."""
@@ -296,7 +305,7 @@ class TelemetryLink(Observer):
 
     # --- status (the MQTT thread calls this) -----------------------------------------------------
 
-    def _status_payload(self, seq: int, kind: str) -> bytes:
+    def _status_payload(self, seq: int, kind: str, will_seq: Optional[int]) -> bytes:
         s = self.settings
         doc = envelope("status", s.fleet, s.device_id, seq, datetime.now(timezone.utc))
         if kind != "online":
@@ -314,6 +323,8 @@ class TelemetryLink(Observer):
             interval_s=s.interval_s,
             models=models,
         )
+        if will_seq is not None:
+            doc["will_seq"] = will_seq  # names this connection's Last Will for the monitor
         return encode(doc)
 
     def _installed(self) -> list[dict[str, Any]]:

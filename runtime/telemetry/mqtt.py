@@ -51,8 +51,9 @@ OFFLINE_RESERVE_S = 0.5
 """While stopping, the clean "offline" is published at the latest this long before the deadline."""
 
 
-StatusPayload = Callable[[int, str], bytes]
-"""(sequence number, ``online`` | ``lost`` | ``shutdown``) → a retained status payload."""
+StatusPayload = Callable[[int, str, Optional[int]], bytes]
+"""(sequence number, ``online`` | ``lost`` | ``shutdown``, the sequence number of this
+connection's Last Will) → a retained status payload."""
 
 
 class _Session:
@@ -66,6 +67,7 @@ class _Session:
         self.status_mid: Optional[int] = None
         self.status_acked = False
         self.offline_sent = False
+        self.will_seq: Optional[int] = None
         self.cursor = 0
 
 
@@ -185,11 +187,11 @@ class SpoolPublisher:
                 )
             if reason.is_failure:
                 return self._refused(reason)
-            self._connected(client, session)
-            return 0.0 if self._stopping.is_set() else self._backoff.next_delay()
+            return self._connected(client, session)
         finally:
             if client.is_connected():
                 client.disconnect()
+            if client.socket() is not None:
                 client.loop(0.01)
             sock = client.socket()
             if sock is not None:
@@ -219,7 +221,8 @@ class SpoolPublisher:
                     str(o.cert), str(o.key) if o.key else None, password=_no_passphrase
                 )
             client.tls_set_context(context)
-        will = self._status_payload(self.spool.reserve_seq(), "lost")
+        session.will_seq = self.spool.reserve_seq()
+        will = self._status_payload(session.will_seq, "lost", None)
         client.will_set(self.status_topic, will, qos=1, retain=True)
         client.on_connect = _on_connect
         client.on_disconnect = _on_disconnect
@@ -260,7 +263,9 @@ class SpoolPublisher:
         )
         return delay
 
-    def _connected(self, client: paho.Client, session: _Session) -> None:
+    def _connected(self, client: paho.Client, session: _Session) -> float:
+        """Serve one accepted connection until it drops (returns the back-off to wait) or the
+        publisher stops (returns 0)."""
         self._backoff.reset()
         self._set(ConnectionState.CONNECTED, None, connects=1)
         log.info(
@@ -275,10 +280,9 @@ class SpoolPublisher:
                 self._delete(session)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or session.lost is not None:
                 problem = session.lost or f"connection lost ({paho.error_string(rc)})"
-                self._failed(ConnectionState.BACKING_OFF, problem)
-                return
+                return self._failed(ConnectionState.BACKING_OFF, problem)
             if self._stopping.is_set() and self._finish(client, session):
-                return
+                return 0.0
             if self._status_dirty.is_set():
                 self._status_dirty.clear()
                 self._publish_status(client, session, "online")
@@ -304,7 +308,7 @@ class SpoolPublisher:
             log.error("telemetry: %s", e)
 
     def _publish_status(self, client: paho.Client, session: _Session, kind: str) -> None:
-        payload = self._status_payload(self.spool.reserve_seq(), kind)
+        payload = self._status_payload(self.spool.reserve_seq(), kind, session.will_seq)
         info = client.publish(self.status_topic, payload, qos=1, retain=True)
         session.status_mid, session.status_acked = info.mid, False
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Generic, Sequence, TypeVar, Union
+from typing import Callable, Generic, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -18,52 +18,84 @@ T = TypeVar("T")
 
 
 class Reservoir(Generic[T]):
-    """A uniform random sample of at most ``k`` of the items offered (Algorithm L, Li 1994).
+    """A uniform random sample of at most ``k`` of the items offered.
 
-    The first ``k`` items are kept. After that the position of the next item to keep is drawn
-    ahead (a geometric jump), so an item that is not kept costs one comparison and no random
-    number. The hot path is inlined by callers::
+    Two stages, each drawing the position of its next pick ahead so that an item not picked
+    costs one comparison and no random number:
+
+    - thinning: each item becomes a candidate with probability ``1 / thin`` (geometric gaps);
+    - Algorithm L (Li, 1994) over the candidates: the first ``k`` are kept, then each later one
+      replaces a random kept item with the right, falling probability.
+
+    Thinning keeps the work at about ``k`` picks per window when the caller knows roughly how
+    many items will come (``thin`` ≈ expected items / k); a uniform sample of a uniform thinning
+    is still uniform. The hot path is inlined by callers::
 
         r.seen += 1
         if r.seen >= r.next:
-            r.keep(make_item())
+            r.candidate(lambda: make_item())
     """
 
-    __slots__ = ("_k", "_rng", "_w", "items", "next", "seen")
+    __slots__ = (
+        "_candidates",
+        "_k",
+        "_keep_at",
+        "_log_skip",
+        "_rng",
+        "_w",
+        "items",
+        "next",
+        "seen",
+    )
 
-    def __init__(self, k: int, rng: random.Random) -> None:
-        if k < 1:
-            raise ValueError("a reservoir holds at least one item")
+    def __init__(self, k: int, rng: random.Random, thin: int = 1) -> None:
+        if k < 1 or thin < 1:
+            raise ValueError("a reservoir holds at least one item, thinned by at least 1")
         self._k, self._rng = k, rng
+        self._log_skip = math.log1p(-1.0 / thin) if thin > 1 else 0.0
         self.items: list[T] = []
         self.seen = 0
         """Items offered so far."""
         self.next = 1
-        """Position (1-based, among everything offered) of the next item to keep."""
+        """Position (1-based, among everything offered) of the next candidate."""
+        self._candidates = 0
+        self._keep_at = 1
+        """Position among the candidates of the next one to keep."""
         self._w = math.exp(math.log(self._uniform()) / k)
 
     def _uniform(self) -> float:
         return 1.0 - self._rng.random()  # in (0, 1]: safe to take the logarithm of
 
-    def keep(self, item: T) -> None:
-        """Store the item offered last (call it only when ``seen >= next``)."""
+    def _geometric(self, log_q: float) -> int:
+        """Trials until the first success, for a failure probability of exp(log_q)."""
+        if log_q == 0.0:
+            return 1
+        return int(math.log(self._uniform()) / log_q) + 1
+
+    def candidate(self, make: Callable[[], T]) -> None:
+        """The item offered last is a candidate (call it only when ``seen >= next``); ``make``
+        builds what is stored, and is called only if it is kept."""
+        self.next = self.seen + self._geometric(self._log_skip)
+        self._candidates += 1
+        if self._candidates < self._keep_at:
+            return
         k = self._k
         if len(self.items) < k:
-            self.items.append(item)
+            self.items.append(make())
             if len(self.items) < k:
-                self.next = self.seen + 1
+                self._keep_at += 1
                 return
         else:
-            self.items[self._rng.randrange(k)] = item
+            self.items[self._rng.randrange(k)] = make()
             self._w *= math.exp(math.log(self._uniform()) / k)
-        gap = 1 if self._w >= 1.0 else int(math.log(self._uniform()) / math.log1p(-self._w)) + 1
-        self.next = self.seen + gap
+        gap = 1 if self._w >= 1.0 else self._geometric(math.log1p(-self._w))
+        self._keep_at = self._candidates + gap
 
     def offer(self, item: T) -> None:
         """Offer one item (the inlined hot path above, as a method)."""
         self.seen += 1
         if self.seen >= self.next:
-            self.keep(item)
+            self.candidate(lambda: item)
 
 
 class LogHistogram:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from runtime.service import FeedbackRecord, Observation
-from runtime.telemetry.aggregate import ModelWindow, WindowLimits
+from runtime.telemetry.aggregate import FOLD, ModelWindow, WindowLimits
 from runtime.telemetry.drift import FeatureBaseline
 
 __all__ = ["ClosedWindow", "ModelReport", "WindowCollector", "WindowLimits"]
@@ -81,19 +81,34 @@ class WindowCollector:
         self._current: dict[str, ModelWindow] = {}
         """Model name → the window of the version seen last (the request path's lookup)."""
         self._models: dict[tuple[str, str], ModelWindow] = {}
+        self._last: dict[str, int] = {}
+        """Model name → requests it served in the last window (sizes the samples' thinning)."""
         self._opened = clock()
         self._faults = 0
 
     # --- request side ----------------------------------------------------------------------------
 
     def observe(self, o: Observation) -> None:
-        """Count one request (served, refused or failed). Never raises."""
+        """Count one request (served, refused or failed). Never raises.
+
+        This runs once per request on its thread, so the counters of a served request are
+        updated here inline rather than a call further down (each call level costs a request
+        about as much as the counting it does)."""
         try:
             with self._lock:
-                window = self._current.get(o.model)
-                if window is None or window.version != o.version:
-                    window = self._window(o.model, o.version)
-                window.observe(o)
+                w = self._current.get(o.model)
+                if w is None or w.version != o.version:
+                    w = self._window(o.model, o.version)
+                if o.rejected is not None or o.error is not None:
+                    w.refused_or_failed(o)
+                    return
+                w.requests += 1
+                w.rows += o.rows
+                buffer = w.buffer
+                buffer.append(o.latency_s)
+                if len(buffer) >= FOLD:
+                    w.fold()
+                w.served(o)
         except Exception:  # noqa: BLE001 - an observer must never fail a request
             self._fault("observe")
 
@@ -108,7 +123,9 @@ class WindowCollector:
     def _window(self, name: str, version: str) -> ModelWindow:
         window = self._models.get((name, version))
         if window is None:
-            window = self._models[(name, version)] = ModelWindow(version, self.limits, self._random)
+            expected = self._last.get(name, 0)
+            window = ModelWindow(version, self.limits, self._random, expected)
+            self._models[(name, version)] = window
         self._current[name] = window
         return window
 
@@ -128,6 +145,9 @@ class WindowCollector:
             models, self._models, self._current = self._models, {}, {}
             opened, self._opened = self._opened, self._clock()
             window_s = max(0.0, self._opened - opened)
+            self._last = {}
+            for (name, _), w in models.items():
+                self._last[name] = self._last.get(name, 0) + w.requests
         for name, version in idle:
             if all(n != name for n, _ in models):
                 models[(name, version)] = ModelWindow(version, self.limits, self._random)

@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 from runtime.install import install_bundle
 from runtime.registry import ModelRegistry
 from runtime.store import Store
-from runtime.telemetry.connection import BrokerURL, ReconnectPolicy
+from runtime.telemetry.connection import BrokerURL, ConnectionState, ReconnectPolicy
 from runtime.telemetry.link import TelemetryLink, TelemetrySettings
 from runtime.telemetry.messages import Message, parse_message
 from tests.broker import Broker
@@ -40,6 +40,11 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "con
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def connected(link: TelemetryLink) -> bool:
+    status = link.connection_status()
+    return status is not None and status.state is ConnectionState.CONNECTED
 
 
 @dataclass(frozen=True)

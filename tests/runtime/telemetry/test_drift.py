@@ -106,7 +106,7 @@ def test_drift_scores_pick_their_columns() -> None:
     assert scores["c"].n == 4 and scores["c"].js == pytest.approx(0.0, abs=1e-7)
     assert drift_scores(found, {"other": table}) == {}
     doc = scores["a"].to_dict()
-    assert set(doc) == {"psi", "js", "n"}
+    assert set(doc) == {"psi", "js"}
 
 
 def test_a_real_reference_profile_gives_one_baseline_per_feature() -> None:

@@ -14,7 +14,7 @@ from runtime.service import InferenceService
 from runtime.store import Store
 from runtime.telemetry.link import TelemetryLink
 from runtime.telemetry.spool import SpoolLimits
-from tests.runtime.telemetry.conftest import Subscriber, settings_for, wait_until
+from tests.runtime.telemetry.conftest import Subscriber, connected, settings_for, wait_until
 
 Links = Callable[..., TelemetryLink]
 
@@ -54,6 +54,7 @@ def test_every_request_is_counted_exactly_once(
         t.start()
     for t in threads:
         t.join()
+    wait_until(lambda: connected(link), what="the link connected")
     assert link.stop(timeout_s=10.0) is True  # drained: nothing left in the spool
     expected = 3 * per_thread
 
@@ -121,6 +122,7 @@ def test_raw_inputs_stay_on_the_device_unless_sampling_is_on(
         service = InferenceService(link.registry, [link])
         for _ in range(20):
             service.predict("iris", {input_name(link): rows.astype(np.float32)})
+        wait_until(lambda link=link: connected(link), what="the link connected")
         link.stop(timeout_s=5.0)
     wait_until(
         lambda: {m.device for m in sub.messages("telemetry")} >= {"private", "sampling"},
@@ -152,6 +154,7 @@ def test_feedback_reaches_the_window(
     served = [service.predict("iris", {input_name(link): rows[i : i + 1]}) for i in range(4)]
     for s, label in zip(served, (0, 0, 0, 2)):
         service.feedback("iris", s.id, label)  # iris rows 0-4 are all class 0
+    wait_until(lambda: connected(link), what="the link connected")
     link.stop(timeout_s=5.0)
     docs = wait_until(
         lambda: [
@@ -183,11 +186,12 @@ def test_spool_drops_are_reported_once_the_broker_is_back(
     assert link.stop(timeout_s=10.0)
     # the clean "offline" is the last message: once it is in, everything before it is
     wait_until(lambda: offline(sub), what="the clean offline")
-    # every message spooled and never delivered was counted as dropped in a delivered window
+    # every message spooled and never delivered was counted as dropped in a delivered window;
+    # a row dropped while it was in flight (sent, not yet acknowledged) may still have arrived
     lost = spooled.seqs() - sub.seqs()
     reported = sum(d["spool"]["dropped"] for d in by_seq(sub, "telemetry").values())
-    assert reported == len(lost) >= 10
+    assert 10 <= len(lost) <= reported <= len(lost) + link.settings.max_inflight
     # the events say that it happened; they are spooled too (and may be dropped in turn), so
     # the exact count is the windows' job
     events = [d for d in by_seq(sub, "events").values() if d["event"] == "spool-dropped"]
-    assert events and 1 <= sum(e["detail"]["dropped"] for e in events) <= len(lost)
+    assert events and 1 <= sum(e["detail"]["dropped"] for e in events) <= reported

@@ -18,14 +18,9 @@ from runtime.telemetry.connection import BrokerURL, ConnectionState
 from runtime.telemetry.link import TelemetryLink
 from runtime.verify import MANIFEST_MEMBER
 from tests.broker import Broker, free_port, make_certs
-from tests.runtime.telemetry.conftest import settings_for, wait_until
+from tests.runtime.telemetry.conftest import connected, settings_for, wait_until
 
 Links = Callable[..., TelemetryLink]
-
-
-def connected(link: TelemetryLink) -> bool:
-    status = link.connection_status()
-    return status is not None and status.state is ConnectionState.CONNECTED
 
 
 def failing(link: TelemetryLink, state: ConnectionState, attempts: int = 2) -> bool:

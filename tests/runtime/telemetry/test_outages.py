@@ -23,11 +23,10 @@ import pytest
 
 from runtime.service import InferenceService
 from runtime.store import Store
-from runtime.telemetry.connection import BrokerURL, ConnectionState
-from runtime.telemetry.link import TelemetryLink
+from runtime.telemetry.connection import BrokerURL
 from runtime.telemetry.spool import Spool
 from tests.broker import Broker, free_port
-from tests.runtime.telemetry.conftest import Subscriber, settings_for, wait_until
+from tests.runtime.telemetry.conftest import Subscriber, connected, settings_for, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SPOOLED = re.compile(r"^spooled seq (\d+) on (\S+)")
@@ -56,11 +55,6 @@ def assert_no_loss(sub: Subscriber, spooled: set[int]) -> None:
     missing = spooled - set(payloads)
     assert not missing, f"{len(missing)} of {len(spooled)} spooled messages never arrived"
     assert all(len(p) == 1 for p in payloads.values())
-
-
-def connected(link: TelemetryLink) -> bool:
-    status = link.connection_status()
-    return status is not None and status.state is ConnectionState.CONNECTED
 
 
 def test_broker_killed_and_restarted_repeatedly_while_telemetry_flows(
@@ -99,6 +93,7 @@ def test_broker_killed_and_restarted_repeatedly_while_telemetry_flows(
     finally:
         done.set()
         worker.join()
+    wait_until(lambda: connected(link), what="the link back")  # stop() drains only if connected
     assert link.stop(timeout_s=10.0)
     wait_until(
         lambda: any(m.doc["state"] == "offline" for m in sub.messages("status")),
@@ -309,6 +304,8 @@ def test_last_will_when_the_device_dies(
         what="the Last Will",
     )
     assert will[0].doc["reason"] == "connection-lost"
+    births = [m for m in sub.messages("status") if m.doc["state"] == "online"]
+    assert will[0].seq == births[-1].doc["will_seq"] < births[-1].seq  # the birth names its will
     late = subscriber(broker)
     retained = wait_until(late.raw, what="the retained status")
     assert retained[0].retain and retained[0].parse().doc["state"] == "offline"

@@ -171,7 +171,8 @@ def test_drift_inputs_are_copied_sampled_and_kept_on_the_device_by_default() -> 
         for collector in (private, sampling):
             collector.observe(served(0.001, [0, 1], feeds={"x": buffer.copy()}))
     doc = private.close(lambda n, v: found).layers[0][0].doc
-    assert doc["drift"]["x[0]"]["n"] == 40  # 50 requests of 2 rows kept, 40 rows used
+    assert doc["drift_rows"] == 40  # 50 requests of 2 rows kept, 40 rows used
+    assert set(doc["drift"]["x[0]"]) == {"psi", "js"}
     assert doc["drift"]["x[0]"]["psi"] == pytest.approx(0.0, abs=0.05)
     assert "samples" not in doc
     shared = sampling.close(lambda n, v: found).layers[0][0].doc
@@ -208,20 +209,25 @@ def test_a_real_model_through_the_service(iris_store: Store, iris: dict[str, Pat
     assert doc["rejected_reasons"] == {"non-finite": 1, "shape": 1}
     assert doc["predictions"]["count"] == 10
     assert doc["feedback"] == {"count": 1, "accuracy": 1.0}
-    assert len(doc["drift"]) == 4 and all(d["n"] == 10 for d in doc["drift"].values())
+    assert len(doc["drift"]) == 4 and doc["drift_rows"] == 10
 
 
-def test_reservoir_keeps_a_uniform_sample() -> None:
+@pytest.mark.parametrize("thin", [1, 10])
+def test_reservoir_keeps_a_uniform_sample(thin: int) -> None:
     rng = random.Random(7)
     deciles = np.zeros(10)
+    made = 0
     for _ in range(400):
-        reservoir: Reservoir[int] = Reservoir(100, rng)
+        reservoir: Reservoir[int] = Reservoir(100, rng, thin)
         for item in range(10_000):
-            reservoir.offer(item)
+            reservoir.seen += 1
+            if reservoir.seen >= reservoir.next:
+                reservoir.candidate(lambda item=item: item)
         assert reservoir.seen == 10_000 and len(reservoir.items) == 100
         assert len(set(reservoir.items)) == 100
         deciles += np.bincount(np.asarray(reservoir.items) // 1_000, minlength=10)
-    expected = 400 * 100 / 10
+        made += 1
+    expected = made * 100 / 10
     assert np.all(np.abs(deciles - expected) < 0.06 * expected), deciles
 
 
@@ -237,3 +243,35 @@ def test_log_histogram_percentiles_are_within_one_percent() -> None:
     assert histogram.percentile(100) == max(values)
     with pytest.raises(ValueError):
         LogHistogram().percentile(50)
+
+
+def test_thinning_makes_fewer_copies() -> None:
+    def copies(thin: int) -> int:
+        made = 0
+
+        def make() -> int:
+            nonlocal made
+            made += 1
+            return made
+
+        reservoir: Reservoir[int] = Reservoir(100, random.Random(3), thin)
+        for _ in range(100_000):
+            reservoir.seen += 1
+            if reservoir.seen >= reservoir.next:
+                reservoir.candidate(make)
+        assert len(reservoir.items) == 100
+        return made
+
+    # all candidates: about k (1 + ln(n / k)) = 100 (1 + ln 1000) ≈ 790 copies; thinned to
+    # n / 500 = 200 candidates: about 100 (1 + ln 2) ≈ 170
+    assert copies(500) < copies(1) / 3
+
+
+def test_classes_past_the_bound_are_counted_as_other() -> None:
+    collector = WindowCollector(WindowLimits(classes=3))
+    for label in range(10):
+        collector.observe(served(0.001, [label, label]))
+    predictions = collector.close(nothing).layers[0][0].doc["predictions"]
+    assert predictions["count"] == 20
+    assert len(predictions["classes"]) == 3 and "_other" in predictions["classes"]
+    assert sum(predictions["classes"].values()) == 20
