@@ -128,6 +128,7 @@ class Broker:
         require_certificate: bool = False,
         users: Optional[dict[str, str]] = None,
         acl: Optional[str] = None,
+        durable: bool = False,
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,9 @@ class Broker:
             "per_listener_settings false",
             "persistence true",
             f"persistence_location {folder}/",
+            # durable: save after every change (what survives a SIGKILL of the broker);
+            # otherwise once a second or so, like a production broker's periodic save
+            *(["autosave_on_changes true"] if durable else []),
             "autosave_interval 1",
             "max_queued_messages 100000",
             f"allow_anonymous {'false' if users else 'true'}",
