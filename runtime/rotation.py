@@ -28,14 +28,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runtime.canonical import canonical_bytes
+from runtime.canonical import canonical_bytes, strict_loads
 from runtime.errors import KeyError_, TrustPolicyError, TrustUpdateError, UsageError
 from runtime.limits import DEFAULT_TRUST_UPDATE_LIMITS, TrustUpdateLimits
 from runtime.signing import Envelope, Signature, sign, valid_signers
@@ -200,34 +199,9 @@ def apply_updates(
 
 def _strict_json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(
-            data.decode("utf-8"),
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_unique_keys,
-        )
+        return strict_loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise TrustUpdateError(f"{what} is not JSON: {e}") from e
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not finite")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        doc[key] = value
-    return doc
 
 
 def _b64(value: Any, where: str) -> bytes:

@@ -8,12 +8,11 @@ Calling the steps out of order raises RuntimeError.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
+from runtime.canonical import strict_loads
 from runtime.clock import DEFAULT_CLOCK_LIMITS, ClockLimits, check_validity
 from runtime.errors import (
     BundleFormatError,
@@ -197,37 +196,12 @@ def parse_manifest(data: bytes) -> Manifest:
     that are not finite (``NaN``, or ``1e999`` read as infinity) are refused.
     """
     try:
-        doc: Any = json.loads(
-            data.decode("utf-8"),
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_unique_keys,
-        )
+        doc: Any = strict_loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ManifestError(f"manifest is not JSON: {e}") from e
     manifest = Manifest.from_dict(doc)
     _check_layout(manifest.files)
     return manifest
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not finite")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        doc[key] = value
-    return doc
 
 
 def _check_layout(files: tuple[FileEntry, ...]) -> None:
