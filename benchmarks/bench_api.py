@@ -79,10 +79,11 @@ if len(sys.argv) > 4:
 class Agent:
     """A real agent process serving ``home`` on a free TCP port and a Unix socket."""
 
-    def __init__(self, home: Path, log_path: Path) -> None:
+    def __init__(self, home: Path, log_path: Path, extra: tuple[str, ...] = ()) -> None:
         self.socket_dir = Path(tempfile.mkdtemp(prefix="es-bench-", dir="/tmp"))
         command = [EDGESHIP_DEVICE, "agent", "--serve", "127.0.0.1:0", "--serve",
-                   f"unix:{self.socket_dir / 'api.sock'}", "--home", str(home)]  # fmt: skip
+                   f"unix:{self.socket_dir / 'api.sock'}", "--home", str(home),
+                   *extra]  # fmt: skip
         self.home = home
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
