@@ -189,6 +189,7 @@ class Agent:
             raise StoreError(f"{store.home} has no trust policy: run 'edgeship-device init' first")
         self.store = store
         self.settings = settings
+        self._state_failing = False
         self.registry = ModelRegistry(store)
         telemetry = self._telemetry()
         self.telemetry = telemetry
@@ -258,7 +259,16 @@ class Agent:
         return {"fleet": settings.fleet, "device_id": settings.device_id, **self.telemetry.status()}
 
     def _write_state(self) -> None:
-        write_state(self.store.home, self.snapshot())
+        try:
+            write_state(self.store.home, self.snapshot())
+        except OSError as e:  # a full or read-only disk: say so once, keep serving
+            if not self._state_failing:
+                _log.error("cannot write agent.json (%s); serving goes on", e.strerror or e)
+            self._state_failing = True
+            return
+        if self._state_failing:
+            _log.warning("agent.json can be written again")
+        self._state_failing = False
 
     def _remove_state(self) -> None:
         remove_state(self.store.home)

@@ -10,11 +10,14 @@ Each bundle taken is installed through :func:`runtime.install.install_bundle` an
 of the way, so nothing is tried twice: into ``installed/`` when it installed (or was already
 active), into ``failed/`` next to a ``NAME.reason.txt`` naming the error and the verification step
 otherwise. A poll handles at most ``InboxLimits.max_files_per_poll`` bundles, oldest first.
+
+A bundle that cannot be moved (a full disk, a read-only card) stays where it is, with a log line,
+and is not taken again until it changes or the agent restarts; its install outcome stands either
+way. A ``NAME.reason.txt`` that cannot be written is logged, and the bundle is in ``failed/``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -205,8 +208,16 @@ class Inbox:
                 f"error: {error}\nstep: {step or '-'}\nmessage: {message}\n"
                 f"exit_code: {exit_code}\nat: {format_time(self.clock())}\n"
             )
-            with contextlib.suppress(OSError):
+            try:
                 atomic_write(moved.with_name(name + REASON_SUFFIX), reason.encode("utf-8"))
+            except OSError as e:
+                _log.warning(
+                    "inbox: %s refused (%s), and its %s cannot be written: %s",
+                    name,
+                    message,
+                    REASON_SUFFIX,
+                    e,
+                )
         return InboxResult(
             name, moved, error=error, step=step, message=message, exit_code=exit_code
         )
@@ -220,7 +231,13 @@ class Inbox:
             os.replace(path, target)
             fsync_dir(self.folder)
         except OSError as e:
-            _log.warning("cannot move %s to %s: %s", path, target_dir, e)
+            _log.warning(
+                "inbox: cannot move %s to %s/ (%s); it stays and is not taken again until it "
+                "changes or the agent restarts",
+                path,
+                sub,
+                e,
+            )
             return None
         return target
 

@@ -12,6 +12,11 @@ The agent builds it from its options (:meth:`TelemetrySettings.from_options`), a
 inference service's observers, calls :meth:`TelemetryLink.start`, and calls
 :meth:`TelemetryLink.stop` after the request sources have stopped, so the last open window is
 closed and spooled and every request is counted exactly once.
+
+Telemetry never stops inference. A spool that cannot be written (a full disk) loses the windows
+closed meanwhile, counted and reported as dropped once it can be written again, while events wait
+in their bounded queue; a spool that cannot be opened at start keeps the window open and is
+opened again at every window close.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from runtime.telemetry.messages import (
 )
 from runtime.telemetry.mqtt import SpoolPublisher
 from runtime.telemetry.settings import TelemetrySettings
-from runtime.telemetry.spool import Spool, SpoolInfo
+from runtime.telemetry.spool import Build, Spool, SpoolInfo
+from runtime.telemetry.spooldb import SpoolUnavailableError
 from runtime.telemetry.system import ProcessStats
 from runtime.telemetry.window import WindowCollector
 from runtime.verify import MANIFEST_MEMBER
@@ -67,7 +73,7 @@ STATUS_EVENTS = frozenset({"install", "rollback"})
 class TelemetryLink(Observer):
     """Telemetry for one device: windows, events, spool and MQTT connection.
 
-    ``start()`` opens the spool (TransportError if it cannot) and starts two threads;
+    ``start()`` opens the spool and starts two threads (see :meth:`start`);
     ``stop(timeout_s)`` closes and spools the open window, drains the spool to the broker for up
     to ``timeout_s`` while connected, publishes the clean "offline" and disconnects. What is not
     acknowledged by then stays in the spool for the next start.
@@ -92,7 +98,11 @@ class TelemetryLink(Observer):
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self._spool_lock = threading.Lock()
+        self._started = False
         self._stopped = False
+        self._unwritable: Optional[str] = None  # the spool's error while it cannot be written
+        self._lost = 0  # window messages not spooled and not yet counted in the spool
+        self._lost_while_unwritable = 0
 
     # --- Observer: request threads, cheap --------------------------------------------------------
 
@@ -118,22 +128,46 @@ class TelemetryLink(Observer):
     # --- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the spool and start the window and MQTT threads; raises TransportError."""
-        if self._spool is not None:
+        """Open the spool and start the window and MQTT threads.
+
+        Raises TransportError when another process holds the spool, or it is from a newer
+        edgeship. A spool that cannot be opened now (SpoolUnavailableError: a full disk) is
+        logged and opened again at every window close; the link runs meanwhile.
+        """
+        if self._started:
             raise RuntimeError("the telemetry link was already started")
-        self._spool = Spool(self.settings.spool_path, self.settings.spool)
-        self._publisher = SpoolPublisher(
-            self.settings.connection(), self._spool, self._topics["status"], self._status_payload
-        )
-        self.event("agent-start", {"runtime_version": __version__, "pending": self._spool.rows})
-        self._publisher.start()
+        self._open_spool()
+        self._started = True
         self._thread = threading.Thread(target=self._run, name="edgeship-telemetry", daemon=True)
         self._thread.start()
+
+    def _open_spool(self) -> bool:
+        try:
+            spool = Spool(self.settings.spool_path, self.settings.spool)
+        except SpoolUnavailableError as e:
+            if self._unwritable is None:
+                log.error(
+                    "telemetry: %s; requests are still served, the open window keeps counting "
+                    "and the spool is opened again at every window close",
+                    e,
+                )
+            self._unwritable = str(e)
+            return False
+        if self._unwritable is not None:
+            log.warning("telemetry: the spool %s is open now", spool.path)
+            self._unwritable = None
+        self._publisher = SpoolPublisher(
+            self.settings.connection(), spool, self._topics["status"], self._status_payload
+        )
+        self._spool = spool
+        self.event("agent-start", {"runtime_version": __version__, "pending": spool.rows})
+        self._publisher.start()
+        return True
 
     def stop(self, timeout_s: float = 10.0) -> bool:
         """Close and spool the open window, then drain and disconnect within ``timeout_s``.
         Returns True when the spool was left empty. Calling it again does nothing."""
-        if self._spool is None or self._stopped:
+        if not self._started or self._stopped:
             return self._spool is None or self._spool.rows == 0
         self._stopped = True
         deadline = time.monotonic() + timeout_s
@@ -145,9 +179,17 @@ class TelemetryLink(Observer):
             with self._spool_lock:
                 self._close_window()
                 self._flush_events()
-        except EdgeshipError as e:  # the spool is unwritable (disk full): nothing more to do
+        except EdgeshipError as e:
             log.error("telemetry: the last window could not be spooled: %s", e)
-        assert self._publisher is not None
+        if self._unwritable is not None:
+            lost = "the open window" if self._spool is None else f"{self._lost} telemetry messages"
+            log.error(
+                "telemetry: stopping while the spool cannot be written: %s and %d events are lost",
+                lost,
+                len(self._events),
+            )
+        if self._spool is None or self._publisher is None:
+            return False
         drained = self._publisher.stop(max(0.0, deadline - time.monotonic()))
         self._spool.close()
         return drained
@@ -155,7 +197,7 @@ class TelemetryLink(Observer):
     def flush(self) -> None:
         """Close the open window and spool it, with any queued events, now (the window thread
         does this every ``interval_s``). Raises RuntimeError before start() or after stop()."""
-        if self._spool is None or self._stopped:
+        if not self._started or self._stopped:
             raise RuntimeError("the telemetry link is not running")
         with self._spool_lock:
             self._flush_events()
@@ -169,6 +211,7 @@ class TelemetryLink(Observer):
             "broker": str(self.settings.broker),
             "connection": connection.to_dict() if connection else {"state": "stopped"},
             "spool": {"pending": spool.rows, "bytes": spool.size_bytes} if spool else None,
+            "spool_error": self._unwritable,
         }
 
     def connection_status(self) -> Optional[ConnectionStatus]:
@@ -197,13 +240,15 @@ class TelemetryLink(Observer):
                 log.exception("telemetry: a window could not be spooled")
 
     def _close_window(self) -> None:
-        assert self._spool is not None
+        if self._spool is None and not self._open_spool():
+            return  # the window stays open: its requests are counted once the spool opens
         loaded = self.registry.loaded()
         idle = [(name, model.manifest.version) for name, model in loaded.items()]
         closed = self._collector.close(self._baselines_for, idle)
         system = self._stats.sample()
         now = datetime.now(timezone.utc)
-        for i, layer in enumerate(closed.layers or ((),)):
+        layers = closed.layers or ((),)
+        for i, layer in enumerate(layers):
             models = {report.name: report.doc for report in layer}
             build = partial(
                 self._window_payload,
@@ -212,7 +257,10 @@ class TelemetryLink(Observer):
                 models=models,
                 system=system,
             )
-            self._spool.append(self._topics["telemetry"], build, claim_drops=i == 0)
+            if not self._append(self._topics["telemetry"], build, claim_drops=i == 0):
+                self._lost += len(layers) - i
+                self._lost_while_unwritable += len(layers) - i
+                break
         for layer in closed.layers:
             for report in layer:
                 if report.errors:
@@ -254,12 +302,14 @@ class TelemetryLink(Observer):
             return encode(doc)
 
     def _flush_events(self) -> None:
-        assert self._spool is not None
+        spool = self._spool
+        if spool is None:
+            return  # events wait in their queue until the spool opens
         with self._events_lock:
             queued = list(self._events)
             self._events.clear()
             dropped, self._events_dropped = self._events_dropped, 0
-        drops = self._spool.take_new_drops()
+        drops = spool.take_new_drops()
         if drops or dropped:
             queued.append(
                 (
@@ -268,9 +318,43 @@ class TelemetryLink(Observer):
                     datetime.now(timezone.utc),
                 )
             )
-        for kind, doc, when in queued:
+        for i, (kind, doc, when) in enumerate(queued):
             build = partial(self._event_payload, kind=kind, doc=doc, when=when)
-            self._spool.append(self._topics["events"], build)
+            if not self._append(self._topics["events"], build):
+                with self._events_lock:  # back to the front, to be spooled when there is room
+                    self._events.extendleft(reversed(queued[i:]))
+                    while len(self._events) > EVENT_QUEUE:
+                        self._events.popleft()
+                        self._events_dropped += 1
+                return
+
+    def _append(self, topic: str, build: Build, claim_drops: bool = False) -> bool:
+        """Spool one message; False when the spool cannot be written now (a full disk: logged
+        once until it can be written again). Messages lost earlier are counted first, so that
+        this window, or the next, reports them as dropped."""
+        assert self._spool is not None
+        try:
+            if self._lost:
+                self._spool.add_drops(self._lost)
+                self._lost = 0
+            self._spool.append(topic, build, claim_drops=claim_drops)
+        except SpoolUnavailableError as e:
+            if self._unwritable is None:
+                log.error(
+                    "telemetry: %s; requests are still served, telemetry windows are dropped "
+                    "(and counted) and events wait in memory until the spool can be written",
+                    e,
+                )
+            self._unwritable = str(e)
+            return False
+        if self._unwritable is not None:
+            log.warning(
+                "telemetry: the spool can be written again; %d telemetry messages lost "
+                "meanwhile are reported as dropped",
+                self._lost_while_unwritable,
+            )
+            self._unwritable, self._lost_while_unwritable = None, 0
+        return True
 
     def _event_payload(
         self, seq: int, _info: SpoolInfo, *, kind: str, doc: dict[str, Any], when: datetime

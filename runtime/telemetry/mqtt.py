@@ -36,6 +36,7 @@ from runtime.telemetry.connection import (
     ConnectionStatus,
 )
 from runtime.telemetry.spool import Spool
+from runtime.telemetry.spooldb import SpoolUnavailableError
 
 log = logging.getLogger(__name__)
 _paho_log = logging.getLogger(f"{__name__}.paho")
@@ -49,6 +50,8 @@ AUTH_REASONS = frozenset({0x86, 0x87, 0x8A, 0x8C})
 authorized, banned, bad authentication method (3.1.1 return codes 4 and 5 map to the first two)."""
 OFFLINE_RESERVE_S = 0.5
 """While stopping, the clean "offline" is published at the latest this long before the deadline."""
+DELETE_RETRY_S = 1.0
+"""How often acknowledged rows that could not be deleted (a full disk) are tried again (seconds)."""
 
 
 StatusPayload = Callable[[int, str, Optional[int]], bytes]
@@ -64,6 +67,7 @@ class _Session:
         self.lost: Optional[str] = None
         self.inflight: dict[int, int] = {}
         self.acked: list[int] = []
+        self.delete_after = 0.0
         self.status_mid: Optional[int] = None
         self.status_acked = False
         self.offline_sent = False
@@ -86,6 +90,7 @@ class SpoolPublisher:
         self.status_topic = status_topic
         self._status_payload = status_payload
         self._backoff = Backoff(options.reconnect)
+        self._delete_error: Optional[str] = None
         self._use_v5 = options.protocol != "3.1.1"
         self._state_lock = threading.Lock()
         self._state = ConnectionState.STOPPED
@@ -179,6 +184,8 @@ class SpoolPublisher:
             client.connect(url.host, url.port, self.options.keepalive_s, clean_start=clean)
         except (OSError, ValueError) as e:
             return self._failed(ConnectionState.BACKING_OFF, _describe(e, url))
+        except SpoolUnavailableError as e:  # no sequence number for the Last Will: a full disk
+            return self._failed(ConnectionState.BACKING_OFF, f"{e} (not connecting until it can)")
         try:
             reason = self._await_connack(client, session)
             if reason is None:
@@ -188,6 +195,8 @@ class SpoolPublisher:
             if reason.is_failure:
                 return self._refused(reason)
             return self._connected(client, session)
+        except SpoolUnavailableError as e:  # no sequence number for a status message
+            return self._failed(ConnectionState.BACKING_OFF, f"{e} (not connecting until it can)")
         finally:
             if client.is_connected():
                 client.disconnect()
@@ -276,7 +285,7 @@ class SpoolPublisher:
         self._publish_status(client, session, "online")
         while True:
             rc = client.loop(LOOP_SLICE_S)
-            if session.acked:
+            if session.acked and time.monotonic() >= session.delete_after:
                 self._delete(session)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or session.lost is not None:
                 problem = session.lost or f"connection lost ({paho.error_string(rc)})"
@@ -304,8 +313,20 @@ class SpoolPublisher:
         acked, session.acked = session.acked, []
         try:
             self.spool.delete(acked)
-        except EdgeshipError as e:  # the rows are sent again later: a duplicate, not a loss
-            log.error("telemetry: %s", e)
+        except EdgeshipError as e:  # kept for another try; a reconnect sends them again anyway
+            session.acked = acked + session.acked
+            session.delete_after = time.monotonic() + DELETE_RETRY_S
+            if self._delete_error is None:
+                log.error(
+                    "telemetry: %s; acknowledged messages stay in the spool and are deleted "
+                    "once it can be written (a reconnect meanwhile sends them again)",
+                    e,
+                )
+            self._delete_error = str(e)
+            return
+        if self._delete_error is not None:
+            log.warning("telemetry: acknowledged messages are deleted from the spool again")
+            self._delete_error = None
 
     def _publish_status(self, client: paho.Client, session: _Session, kind: str) -> None:
         payload = self._status_payload(self.spool.reserve_seq(), kind, session.will_seq)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from runtime.errors import TransportError
 from runtime.limits import MiB
 from runtime.telemetry.messages import MAX_MESSAGE_BYTES
-from runtime.telemetry.spooldb import meta, open_database, transaction
+from runtime.telemetry.spooldb import SpoolUnavailableError, meta, open_database, transaction
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,10 @@ Build = Callable[[int, SpoolInfo], bytes]
 class Spool:
     """A thread-safe SQLite spool. Open it with ``Spool(path)``; :meth:`close` when done.
 
-    Raises TransportError when the database cannot be opened or written (disk full, read-only);
-    a file that is not a readable spool is moved aside (``spool.sqlite.damaged-<time>``) and a
-    new one is started, with a log line.
+    Raises SpoolUnavailableError (a TransportError) when the database cannot be opened or
+    written (a full disk, read-only): a failed write changes nothing, so the spool stays as it
+    was and takes writes again once there is room. A file that is not a readable spool is
+    moved aside (``spool.sqlite.damaged-<time>``) and a new one is started, with a log line.
     """
 
     def __init__(
@@ -138,8 +139,9 @@ class Spool:
         the limits, in one transaction. ``claim_drops`` hands the drop count to ``build`` (in
         :class:`SpoolInfo`) and resets it.
 
-        Raises TelemetryMessageError (from ``build``) or TransportError (payload over
-        ``max_message_bytes``, database failure); on any error nothing is written.
+        Raises TelemetryMessageError (from ``build``), TransportError (payload over
+        ``max_message_bytes``) or SpoolUnavailableError (the database cannot be written: a full
+        disk); on any error nothing is written.
         """
         with self._lock:
             return self._append(topic, build, qos, retain, claim_drops)
@@ -205,6 +207,17 @@ class Spool:
                 self._full_logged = False
         return rows
 
+    def add_drops(self, count: int) -> None:
+        """Count ``count`` messages lost before they reached the spool (they could not be
+        written: a full disk) as dropped, so that the next telemetry window reports them.
+        Raises SpoolUnavailableError when the spool cannot be written yet."""
+        if count <= 0:
+            return
+        with self._lock:
+            with self._write("count dropped messages") as db:
+                db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (count,))
+            self._new_drops += count
+
     def expire(self) -> int:
         """Drop rows older than ``max_age_s`` (also done on every append); returns how many."""
         with self._lock:
@@ -265,7 +278,7 @@ class Spool:
             with transaction(db):
                 yield db
         except sqlite3.Error as e:
-            raise TransportError(f"telemetry spool {self.path}: cannot {what}: {e}") from e
+            raise SpoolUnavailableError(f"telemetry spool {self.path}: cannot {what}: {e}") from e
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -279,7 +292,7 @@ class Spool:
                     (after_id, limit),
                 ).fetchall()
             except sqlite3.Error as e:
-                raise TransportError(f"telemetry spool {self.path}: cannot read: {e}") from e
+                raise SpoolUnavailableError(f"telemetry spool {self.path}: cannot read: {e}") from e
         return [
             SpooledMessage(int(i), int(s), t, bytes(p), int(q), bool(r))
             for i, s, t, p, q, r in found

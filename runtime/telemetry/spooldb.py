@@ -17,6 +17,14 @@ from runtime.errors import TransportError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+
+class SpoolUnavailableError(TransportError):
+    """The spool file cannot be opened or written now for a reason outside the file's content:
+    a full disk, an I/O error, permissions. What the spool committed before is intact; the same
+    call may succeed once the cause is gone."""
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -38,8 +46,9 @@ def open_database(
 ) -> tuple[sqlite3.Connection, int]:
     """Lock and open the spool at ``path`` (creating it): (connection, lock file descriptor).
 
-    Raises TransportError when another process holds the spool, or when the file cannot be
-    opened for other reasons than its content (permissions, I/O). A file that is not a readable
+    Raises TransportError when another process holds the spool or the file is from a newer
+    edgeship, SpoolUnavailableError when it cannot be opened for other reasons than its content
+    (a full disk, permissions, I/O). A file that is not a readable
     spool is moved aside (``NAME.damaged-<time>``) with a log line, and a new one started.
     """
     owner = _lock_file(path)
@@ -57,7 +66,7 @@ def _open_or_replace(
         return _open(path, wal_limit_bytes, clock)
     except sqlite3.DatabaseError as e:
         if isinstance(e, sqlite3.OperationalError):  # permissions, I/O: not the file's fault
-            raise TransportError(f"cannot open the telemetry spool {path}: {e}") from e
+            raise SpoolUnavailableError(f"cannot open the telemetry spool {path}: {e}") from e
         aside = path.with_name(f"{path.name}.damaged-{int(clock())}")
         log.error("telemetry spool %s is unreadable (%s); moved to %s", path, e, aside)
         for suffix in ("", "-wal", "-shm"):
@@ -66,7 +75,7 @@ def _open_or_replace(
         try:
             return _open(path, wal_limit_bytes, clock)
         except sqlite3.DatabaseError as e2:
-            raise TransportError(f"cannot create the telemetry spool {path}: {e2}") from e2
+            raise SpoolUnavailableError(f"cannot create the telemetry spool {path}: {e2}") from e2
 
 
 def _open(path: Path, wal_limit_bytes: int, clock: Callable[[], float]) -> sqlite3.Connection:
@@ -106,7 +115,7 @@ def _lock_file(path: Path) -> int:
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
-        raise TransportError(f"cannot create the telemetry spool lock {lock}: {e}") from e
+        raise SpoolUnavailableError(f"cannot create the telemetry spool lock {lock}: {e}") from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -120,17 +129,23 @@ def _lock_file(path: Path) -> int:
 
 @contextlib.contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error (then re-raised)."""
+    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error, a failed COMMIT included (then
+    re-raised)."""
     if db.in_transaction:
         yield
         return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # A failed COMMIT (a full disk) may leave the transaction open, and SQLite may already
+        # have rolled back by itself: roll back only what is still open, so that neither a
+        # second ROLLBACK hides the error that matters nor the next write joins a stale
+        # transaction that never commits.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def meta(db: sqlite3.Connection, key: str) -> int:

@@ -16,9 +16,6 @@ Every command runs as its own process through the real ``edgeship-device`` entry
 from __future__ import annotations
 
 import json
-import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +30,9 @@ from sklearn.preprocessing import StandardScaler
 
 from runtime.store import Store
 from runtime.verify import MANIFEST_MEMBER
+from tests.reliability.disk import KiB, file_size_limit, leave_free, tmpfs
 
 DEVICE_CLI = Path(sys.executable).parent / "edgeship-device"
-KiB = 1024
 STEP = 8 * KiB
 FS_SIZE = 512 * KiB
 
@@ -64,14 +61,6 @@ def device(
         timeout=120,
         preexec_fn=preexec,
     )
-
-
-def file_size_limit(limit: int) -> Callable[[], None]:
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
 
 
 def initialized(home: Path, keys, bundle: Path) -> None:
@@ -129,31 +118,8 @@ def test_file_size_limit_mid_extraction(tmp_path, keys, bundles, iris, limit, wh
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of FS_SIZE bytes mounted for the test (needs root, or CAP_SYS_ADMIN)."""
-    mount_point = tmp_path / "fs"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE},mode=0755", "edgeship-test", mount_point],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.fail(
-            f"cannot mount a tmpfs for the full-disk test ({done.stderr.strip()}): it needs root "
-            "or CAP_SYS_ADMIN"
-        )
-    try:
+    with tmpfs(tmp_path / "fs", FS_SIZE) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", mount_point], check=True)
-
-
-def leave_free(fs: Path, filler: Path, free: int) -> None:
-    """Grow or shrink ``filler`` until ``fs`` has about ``free`` bytes left (page granular)."""
-    filler.unlink(missing_ok=True)
-    stats = os.statvfs(fs)
-    available = stats.f_bavail * stats.f_frsize
-    with filler.open("wb") as f:
-        f.write(b"\0" * max(available - free, 0))
 
 
 def test_disk_fills_at_every_point_of_an_install(small_fs, keys, bundles, iris):
