@@ -62,6 +62,14 @@ crash:
 	EDGESHIP_CRASH_RUNS=$(CRASH_RUNS) $(BIN)/python -m pytest -q -s \
 	  tests/reliability/test_crash_consistency.py
 
+# `make soak`: the local inference API under concurrent load for SOAK_SECONDS seconds; prints
+# requests/s, latency percentiles, errors and the agent's memory growth, writes
+# bench-results/soak.json, and fails on any error (`make test` runs an 8 s version).
+SOAK_SECONDS ?= 60
+.PHONY: soak
+soak:
+	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS)
+
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -14,9 +14,8 @@ import os
 import threading
 import time
 from abc import ABC
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -56,6 +55,34 @@ class FeedbackRecord:
     task: str
     predicted: np.ndarray
     actual: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    """A served prediction, kept for feedback. The predicted values are kept as bytes (a tuple
+    for an object array), not as an array: thousands of small long-lived arrays among the
+    short-lived allocations of requests fragment the C heap, and an agent under steady load
+    grew without end (benchmarks/soak.py)."""
+
+    id: str
+    model: str
+    version: str
+    task: str
+    dtype: str
+    values: Union[bytes, tuple[Any, ...]]
+
+    @classmethod
+    def of(
+        cls, ident: str, model: str, version: str, task: str, predicted: np.ndarray
+    ) -> _Remembered:
+        flat = np.ascontiguousarray(predicted).reshape(-1)
+        values = tuple(flat.tolist()) if flat.dtype.hasobject else flat.tobytes()
+        return cls(ident, model, version, task, flat.dtype.str, values)
+
+    def predicted(self) -> np.ndarray:
+        if isinstance(self.values, bytes):
+            return np.frombuffer(self.values, np.dtype(self.dtype)).copy()
+        return np.array(self.values, dtype=object)
 
 
 class Observer(ABC):  # noqa: B024 - every hook is optional
@@ -150,7 +177,9 @@ class InferenceService:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}{int(self.started):x}"
-        self._recent: OrderedDict[str, tuple[str, str, str, np.ndarray]] = OrderedDict()
+        # prediction N in slot N % FEEDBACK_MEMORY of a list allocated once; an ordered dict
+        # dropping its oldest entry rebuilt its hash table over and over, fragmenting the heap
+        self._recent: list[Optional[_Remembered]] = [None] * FEEDBACK_MEMORY
 
     def counters(self, name: str) -> ModelCounters:
         with self._lock:
@@ -184,11 +213,11 @@ class InferenceService:
             raise
         latency = time.perf_counter() - start
         predicted = predicted_values(model.manifest, prediction.outputs)
-        ident = f"{self._prefix}-{next(self._ids)}"
+        number = next(self._ids)
+        ident = f"{self._prefix}-{number}"
+        remembered = _Remembered.of(ident, name, version, model.manifest.model.task, predicted)
         with self._lock:
-            self._recent[ident] = (name, version, model.manifest.model.task, predicted)
-            if len(self._recent) > FEEDBACK_MEMORY:
-                self._recent.popitem(last=False)
+            self._recent[number % FEEDBACK_MEMORY] = remembered
         out_of_range = getattr(prediction, "out_of_range", None) or {}
         self._finish(
             counters,
@@ -227,15 +256,14 @@ class InferenceService:
         ``actual`` is one value per row of that prediction (a scalar for one row). Raises
         InputError for an unknown id, another model's id, or the wrong number of values.
         """
-        with self._lock:
-            found = self._recent.get(prediction_id)
-        if found is None or found[0] != name:
+        found = self._recall(prediction_id)
+        if found is None or found.model != name:
             raise InputError(
                 f"unknown prediction id {prediction_id!r} for {name} (feedback is accepted for "
                 f"the last {FEEDBACK_MEMORY} predictions this process served)",
                 "feedback",
             )
-        _, version, task, predicted = found
+        version, task, predicted = found.version, found.task, found.predicted()
         values = np.atleast_1d(np.asarray(actual))
         if values.dtype == object or values.ndim != 1 or values.shape[0] != predicted.shape[0]:
             raise InputError(
@@ -250,6 +278,18 @@ class InferenceService:
         for observer in self.observers:
             observer.feedback(record)
         return record
+
+    def _recall(self, prediction_id: str) -> Optional[_Remembered]:
+        """The remembered prediction ``prediction_id``, or None when it is not one of the last
+        FEEDBACK_MEMORY this service served."""
+        prefix, _, number = prediction_id.rpartition("-")
+        if prefix != self._prefix or not (number.isascii() and number.isdigit()):
+            return None
+        if len(number) > 19:  # more predictions than a process serves; int() would be costly
+            return None
+        with self._lock:
+            found = self._recent[int(number) % FEEDBACK_MEMORY]
+        return found if found is not None and found.id == prediction_id else None
 
     def event(self, kind: str, doc: Mapping[str, Any]) -> None:
         """Pass a model event (install, self-test, rollback, error) to every observer."""
