@@ -66,9 +66,11 @@ crash:
 # requests/s, latency percentiles, errors and the agent's memory growth, writes
 # bench-results/soak.json, and fails on any error (`make test` runs an 8 s version).
 SOAK_SECONDS ?= 60
+SOAK_OUTAGES ?= 30
 .PHONY: soak
 soak:
 	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS)
+	EDGESHIP_BROKER_OUTAGES=$(SOAK_OUTAGES) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/reliability/test_broker_faults.py
 
 lint:
 	$(BIN)/ruff check .
