@@ -64,7 +64,8 @@ crash:
 
 # `make soak`: the local inference API under concurrent load for SOAK_SECONDS seconds; prints
 # requests/s, latency percentiles, errors and the agent's memory growth, writes
-# bench-results/soak.json, and fails on any error (`make test` runs an 8 s version).
+# bench-results/soak.json, and fails on any error (`make test` runs an 8 s version); then the
+# agent -> broker -> fleet monitor path through SOAK_OUTAGES broker kills (`make test`: 4).
 SOAK_SECONDS ?= 60
 SOAK_OUTAGES ?= 30
 .PHONY: soak
