@@ -105,14 +105,7 @@ class StoreCheck:
 
 def leftovers(store: Store) -> list[Path]:
     """What interrupted operations left behind: the paths ``Store.lock`` clears on entry."""
-    found: list[Path] = []
-    if store.tmp_dir.is_dir():
-        found.extend(sorted(store.tmp_dir.iterdir()))
-    if store.models_dir.is_dir():
-        found.extend(sorted(store.models_dir.glob("*/.current.tmp")))
-        found.extend(sorted(store.models_dir.glob("*/.state.json.*.tmp")))
-    found.extend(sorted(store.home.glob(".trust.toml.*.tmp")))
-    return found
+    return store.leftovers()
 
 
 def clear_leftovers(store: Store) -> tuple[str, ...]:

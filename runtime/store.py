@@ -123,17 +123,26 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def leftovers(self) -> list[Path]:
+        """What interrupted operations left behind: staging entries in ``tmp/`` and half-made
+        link, state and policy files. ``lock`` clears exactly these on entry."""
+        found: list[Path] = []
+        if self.tmp_dir.is_dir():
+            found.extend(sorted(self.tmp_dir.iterdir()))
+        if self.models_dir.is_dir():
+            found.extend(sorted(self.models_dir.glob("*/.current.tmp")))
+            found.extend(sorted(self.models_dir.glob("*/.state.json.*.tmp")))
+        found.extend(sorted(self.home.glob(".trust.toml.*.tmp")))
+        return found
+
     def _clear_tmp(self) -> None:
         import shutil  # the write path's modules stay out of processes that only read the store
 
+        for leftover in self.leftovers():
+            if leftover.parent != self.tmp_dir:  # tmp/ goes as a whole below
+                leftover.unlink()
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir)
-        for leftover in self.models_dir.glob("*/.current.tmp"):
-            leftover.unlink()
-        for leftover in self.models_dir.glob("*/.state.json.*.tmp"):
-            leftover.unlink()
-        for leftover in self.home.glob(".trust.toml.*.tmp"):
-            leftover.unlink()
 
     def staging_dir(self) -> Path:
         import tempfile

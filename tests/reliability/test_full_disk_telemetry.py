@@ -42,6 +42,7 @@ from tests.runtime.telemetry.conftest import (
     Subscriber,
     connected,
     settings_for,
+    spooled,  # noqa: F401 - the fixture, used by name
     wait_until,
 )
 
@@ -63,17 +64,6 @@ def home(fs: Path, keys: Keys, build_bundle: BuildBundle) -> Store:
     store.save_policy(TrustPolicy.create([(keys.public("release"), "release")]))
     install_bundle(store, build_bundle())
     return store
-
-
-@pytest.fixture
-def spooled() -> Iterator[SpooledLog]:
-    logger = logging.getLogger("runtime.telemetry.spool")
-    handler, level = SpooledLog(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -112,7 +102,7 @@ def test_a_full_disk_keeps_the_spool_and_inference_going(
     home: Store,
     mosquitto: Callable[..., Broker],
     iris: dict[str, Path],
-    spooled: SpooledLog,
+    spooled: SpooledLog,  # noqa: F811 - the imported fixture
     caplog: pytest.LogCaptureFixture,
     cleanup: list[Callable[[], object]],
 ) -> None:
