@@ -2,12 +2,12 @@
 
 This is the in-process inference API (``LoadedModel.predict``); the CLI, the self-test and the local
 API all go through it. ``predict`` also checks values against the reference profile's ranges
-(``runtime.ranges``); ``run`` is the bare path (signature checks and the backend only).
+(``runtime.ranges``) when the caller reads them; ``run`` is the bare path (signature checks and
+the backend only).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -22,13 +22,43 @@ from runtime.ranges import IN_RANGE, RangeChecker, RangeReport
 from runtime.verify import MANIFEST_MEMBER, parse_manifest
 
 
-@dataclass(frozen=True)
 class Prediction:
-    """A model's outputs, its class labels, and the request's out-of-range values (if any)."""
+    """A model's outputs, its class labels, and the request's out-of-range values (if any).
 
-    outputs: dict[str, np.ndarray]
-    classes: Optional[tuple[Any, ...]]
-    ranges: RangeReport = field(default=IN_RANGE)
+    ``ranges`` is checked against the reference profile when first read, from the request's
+    arrays as ``predict`` passed them to the model (``inputs``): a caller that never reads it
+    pays nothing for it. The CLI, the local API and the agent read it at once; a caller that
+    reuses its input buffers should read it before changing them in place. A bundle whose policy
+    rejects out-of-range inputs is checked before the model runs.
+    """
+
+    __slots__ = ("_checker", "_ranges", "classes", "inputs", "outputs")
+
+    def __init__(
+        self,
+        outputs: dict[str, np.ndarray],
+        classes: Optional[tuple[Any, ...]],
+        ranges: Optional[RangeReport] = IN_RANGE,
+        inputs: Optional[Mapping[str, np.ndarray]] = None,
+        checker: Optional[RangeChecker] = None,
+    ) -> None:
+        if ranges is None and (inputs is None or checker is None):
+            raise ValueError("a prediction checked on read needs its inputs and checker")
+        self.outputs = outputs
+        self.classes = classes
+        self.inputs = inputs
+        """The arrays the model ran on (after the input checks), when ``predict`` kept them."""
+        self._ranges = ranges
+        self._checker = checker
+
+    @property
+    def ranges(self) -> RangeReport:
+        """The request's values outside the reference ranges (empty when none)."""
+        report = self._ranges
+        if report is None:
+            assert self._checker is not None and self.inputs is not None
+            report = self._ranges = self._checker.check(self.inputs)
+        return report
 
     @property
     def out_of_range(self) -> dict[str, int]:
@@ -39,8 +69,9 @@ class Prediction:
         doc: dict[str, Any] = {"outputs": {k: v.tolist() for k, v in self.outputs.items()}}
         if self.classes is not None:
             doc["classes"] = list(self.classes)
-        if self.ranges:
-            doc["out_of_range"] = self.ranges.counts
+        ranges = self.ranges
+        if ranges:
+            doc["out_of_range"] = ranges.counts
         return doc
 
 
@@ -78,8 +109,15 @@ class LoadedModel:
 
     def predict(self, feeds: Mapping[str, Any]) -> Prediction:
         """Like :meth:`run`, with the class labels of a classifier's probability columns and the
-        values outside the reference ranges. Raises InputError (also for out-of-range values
-        when the bundle's policy rejects them) or ModelError."""
+        values outside the reference ranges (checked when the prediction's ``ranges`` is first
+        read). Raises InputError (also for out-of-range values when the bundle's policy rejects
+        them, checked before the model runs) or ModelError."""
         checked = self.checker.check(feeds)
-        report = self.ranges.check(checked)
-        return Prediction(self.backend.run(checked), self.manifest.model.labels, report)
+        ranges = self.ranges
+        if ranges.reject:
+            report = ranges.check(checked)
+            outputs = self.backend.run(checked)
+            return Prediction(outputs, self.manifest.model.labels, report, checked)
+        return Prediction(
+            self.backend.run(checked), self.manifest.model.labels, None, checked, ranges
+        )

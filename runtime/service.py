@@ -30,7 +30,8 @@ FEEDBACK_MEMORY = 10_000
 
 @dataclass(frozen=True)
 class Observation:
-    """One request as observers see it. ``feeds``/``outputs`` are set when it ran."""
+    """One request as observers see it. ``feeds`` (the arrays the model ran on, after the input
+    checks) and ``outputs`` are set when it ran."""
 
     model: str
     version: str
@@ -218,7 +219,6 @@ class InferenceService:
         remembered = _Remembered.of(ident, name, version, model.manifest.model.task, predicted)
         with self._lock:
             self._recent[number % FEEDBACK_MEMORY] = remembered
-        out_of_range = getattr(prediction, "out_of_range", None) or {}
         self._finish(
             counters,
             Observation(
@@ -226,10 +226,10 @@ class InferenceService:
                 version,
                 latency,
                 int(predicted.shape[0]),
-                feeds,
+                prediction.inputs if prediction.inputs is not None else feeds,
                 prediction.outputs,
                 predicted,
-                out_of_range,
+                prediction.out_of_range,
             ),
         )
         return Served(ident, name, version, prediction)

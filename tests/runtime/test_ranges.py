@@ -129,6 +129,26 @@ def test_every_kind_of_categorical_miss_alone(store, table, rows):
         assert model.predict({"input": data}).out_of_range == {"colour": 1}, value
 
 
+def test_flag_policy_checks_ranges_when_first_read_and_once(store, table, monkeypatch):
+    """A caller that never reads the flags pays nothing for them (benchmarks/bench_predict.py);
+    one that does gets the same report as an eager check, computed once."""
+    model = _open(store, "mixed")
+    checks = []
+    real = model.ranges.check
+    monkeypatch.setattr(model.ranges, "check", lambda arrays: checks.append(1) or real(arrays))
+    data, expected = _planted(table["x"], model.manifest.reference_profile["features"], 16)
+    prediction = model.predict({"input": data})
+    assert checks == [] and prediction.inputs is not None
+    assert prediction.out_of_range == expected and prediction.to_dict()["out_of_range"] == expected
+    assert prediction.ranges is prediction.ranges and checks == [1]
+    # the reject policy checks before the model runs, whether or not the caller reads the flags
+    strict = _open(store, "strict")
+    real_strict = strict.ranges.check
+    monkeypatch.setattr(strict.ranges, "check", lambda a: checks.append(2) or real_strict(a))
+    strict.predict({"input": table["x"][:3]})
+    assert checks == [1, 2]
+
+
 def test_reject_policy_names_feature_value_and_range(store, table):
     model = _open(store, "strict")
     assert model.predict({"input": table["x"]}).out_of_range == {}
