@@ -4,6 +4,8 @@ sign → bundle.
 One conversion serves every requested target profile; each target gets the variant its profile's
 gate chose (``packager.validate``) in its own bundle. Nothing is written until every target has
 passed: a parity failure or a gate failure for any target leaves the output folder untouched.
+ARM targets' candidates also run on an emulated ARM device (``--emulate``, ``packager.emulated``),
+prepared once for the whole build.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from packager.bundle_writer import write_bundle
 from packager.convert import Arrays, Converted, convert
 from packager.convert.from_onnx import onnx_session, sample_inputs
 from packager.data import load_data
+from packager.emulated import EMULATE, ArmDevices
 from packager.evaluate import EvalData, LatencySettings, check_labels
 from packager.keys import load_private_key
 from packager.runner import describe, run_packaged
@@ -82,6 +85,9 @@ class BuildOptions:
     reject_out_of_range: bool = False
     """``--reject-out-of-range``: devices refuse requests with values outside the reference
     profile's ranges (manifest ``input_policy``); by default they count and report them."""
+    emulate: str = "auto"
+    """``--emulate``: run ARM targets' candidates on an emulated ARM device too, ``auto`` (when
+    this host can in seconds: root, the device prepared), ``on`` (or fail) or ``off``."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class BuildResult:
             "candidates": self.outcome.candidates_doc() if self.outcome else [],
             "metrics": self.manifest.validation.get("metrics", {}),
             "latency_measured_on": self.outcome.latency_note if self.outcome else None,
+            "arm_parity": self.outcome.arm_parity if self.outcome else None,
         }
 
 
@@ -141,6 +148,8 @@ def _check_options(opts: BuildOptions) -> None:
         raise UsageError("give at least one --key")
     if opts.quantize not in REQUESTS:
         raise UsageError(f"--quantize must be one of {', '.join(REQUESTS)}")
+    if opts.emulate not in EMULATE:
+        raise UsageError(f"--emulate must be one of {', '.join(EMULATE)}")
     if not 0 <= opts.max_accuracy_drop <= 1:
         raise UsageError("--max-accuracy-drop must be between 0 and 1")
     if opts.labels is not None and opts.validation is None:
@@ -158,8 +167,9 @@ def build(
     ``table(profile, report)`` receives every target's candidates table (mode, size, latency,
     metrics, verdict; ``packager.validate.Table``) as soon as it is measured, before a failing
     gate raises. Raises ParityError
-    (the conversion or the chosen variant breaks the gate, or an explicit mode is not quantizable;
-    nothing written), ConversionError, KeyError_ or UsageError.
+    (the conversion or the chosen variant breaks the gate, on the host or on the emulated ARM
+    device, or an explicit mode is not quantizable; nothing written), ConversionError, KeyError_
+    or UsageError (EmulationRequired: ``--emulate on`` and no emulated ARM device here).
     """
     _check_options(opts)
     warnings: list[str] = []
@@ -194,7 +204,8 @@ def build(
         note(message)
     if opts.reject_out_of_range and not data_profile.profile["features"]:
         note("--reject-out-of-range: the reference profile has no features; nothing is checked")
-    outcomes = _outcomes(opts, converted, eval_data, profiles, progress, table)
+    with ArmDevices(opts.emulate, converted.model_format, progress, note) as arm:
+        outcomes = _outcomes(opts, converted, eval_data, profiles, progress, table, arm)
     for outcome in outcomes:
         for message in outcome.warnings:
             note(message)
@@ -267,6 +278,8 @@ def _target_doc(
         "candidates": outcome.candidates_doc(extra["timings"]),
         "metrics": outcome.metrics,
     }
+    if outcome.arm_parity is not None:
+        doc["validation"]["arm_parity"] = outcome.arm_parity_doc(extra["timings"])
     if extra["timings"]:
         doc["validation"]["latency_measured_on"] = outcome.latency_note
     doc["target"] = {
@@ -298,25 +311,21 @@ def _outcomes(
     profiles: list[devices.Profile],
     progress: Report,
     table: Table,
+    arm: ArmDevices,
 ) -> list[Outcome]:
     """Each target's chosen variant; all targets pass the gate before anything is written."""
+    options = GateOptions(opts.quantize, opts.max_accuracy_drop, opts.latency, arm)
     if converted.model_format == "onnx":
         gate = Gate(
             converted.model_bytes,
             _calibration(opts, onnx_session(converted.model_bytes), converted),
             eval_data,
-            GateOptions(opts.quantize, opts.max_accuracy_drop, opts.latency),
+            options,
             progress,
         )
         return [gate.run(p, table) for p in profiles]
     calibration = load_data(opts.calibration) if opts.calibration is not None else None
-    litert = TFLiteGate(
-        converted,
-        calibration,
-        eval_data,
-        GateOptions(opts.quantize, opts.max_accuracy_drop, opts.latency),
-        progress,
-    )
+    litert = TFLiteGate(converted, calibration, eval_data, options, progress)
     return [litert.run(p, table) for p in profiles]
 
 

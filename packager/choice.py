@@ -10,6 +10,10 @@ and returns the chosen mode, why, and a verdict for every candidate. The rules (
   budget; the reason then says so.
 - An explicit mode ships exactly that mode, or nothing when it is not quantizable, failed, or
   breaks the accuracy budget.
+- ARM profiles: a candidate also run on an emulated ARM device (``packager.emulated``) must keep
+  the budget there too. Its loss measured on that device over the budget, or a failure to run
+  there, is ``rejected: ARM parity``: ``auto`` never ships it, an explicit mode fails. The host's
+  own loss is judged first (``rejected: accuracy``); latency is only ever the host's.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ than a quarter of memory does not fit comfortably."""
 CHOSEN = "chosen"
 SLOWER = "rejected: slower"
 ACCURACY = "rejected: accuracy"
+ARM_PARITY = "rejected: ARM parity"
 LARGER = "rejected: larger"
 BASELINE = "baseline"
 
@@ -38,7 +43,9 @@ BASELINE = "baseline"
 @dataclass(frozen=True)
 class Candidate:
     """What was measured for one candidate. ``status`` is ``ok``, ``not quantizable`` or
-    ``failed``; size, latency and loss are None unless it is ``ok``."""
+    ``failed``; size, latency and loss are None unless it is ``ok``. ``arm_loss`` is the loss
+    measured on the emulated ARM device, None when it was not measured there; ``arm_detail`` says
+    why it did not run there (empty when it did, or was not tried)."""
 
     mode: str
     status: str = OK
@@ -46,6 +53,8 @@ class Candidate:
     size: Optional[int] = None
     latency_ms: Optional[float] = None
     loss: Optional[float] = None
+    arm_loss: Optional[float] = None
+    arm_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class Policy:
     noise_margin: float = NOISE_MARGIN
     memory_budget_bytes: Optional[int] = None
     loss_name: str = "accuracy drop"
+    arm_device: str = "the emulated ARM device"
+    """Names the device ``arm_loss`` was measured on, in reasons."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ def choose(candidates: Sequence[Candidate], policy: Policy) -> Decision:
             verdicts[c.mode] = f"{FAILED}: {c.detail}" if c.status == FAILED else c.status
         elif not accurate(c):
             verdicts[c.mode] = ACCURACY
+        elif not _holds_on_arm(c, policy):
+            verdicts[c.mode] = ARM_PARITY
         elif slower(c) and not forced and policy.requested == "auto":
             verdicts[c.mode] = SLOWER
         else:
@@ -127,6 +140,8 @@ def _explicit(
             f"{policy.max_loss:g}",
             verdicts,
         )
+    if verdicts[mode] == ARM_PARITY:
+        return Decision(None, f"--quantize {mode}: {mode} {_arm_failure(c, policy)}", verdicts)
     verdicts[mode] = CHOSEN
     is_slower = slower(c)
     reason = f"requested with --quantize {mode}"
@@ -135,8 +150,27 @@ def _explicit(
     return Decision(mode, reason, verdicts, slower=is_slower)
 
 
+def _holds_on_arm(c: Candidate, policy: Policy) -> bool:
+    """Not measured on ARM, or ran there within the budget."""
+    if c.arm_detail:
+        return False
+    return c.arm_loss is None or c.arm_loss <= policy.max_loss
+
+
+def _arm_failure(c: Candidate, policy: Policy) -> str:
+    """What went wrong on ARM, as a predicate of the candidate's name."""
+    if c.arm_detail:
+        return f"does not run on {policy.arm_device}: {c.arm_detail}"
+    return (
+        f"has {policy.loss_name} {c.arm_loss:.4g} on {policy.arm_device}, over the limit "
+        f"{policy.max_loss:g} ({c.loss:.4g} on this host)"
+    )
+
+
 def _why(best: Candidate, base: Candidate, policy: Policy, forced: bool, is_slower: bool) -> str:
     budget = f"{policy.loss_name} {best.loss:.4g} within {policy.max_loss:g}"
+    if best.arm_loss is not None:
+        budget += f" (on {policy.arm_device}: {best.arm_loss:.4g})"
     if forced:
         head = (
             f"float32 ({base.size} bytes) is over the memory budget "
@@ -158,6 +192,11 @@ def _why(best: Candidate, base: Candidate, policy: Policy, forced: bool, is_slow
 
 
 def _nothing_passes(base: Candidate, policy: Policy) -> str:
+    if base.loss is not None and base.loss <= policy.max_loss and not _holds_on_arm(base, policy):
+        return (
+            f"no candidate passes the gate: float32 {_arm_failure(base, policy)}, and no "
+            "variant does better"
+        )
     loss = f"{base.loss:.4g}" if base.loss is not None else "unknown"
     return (
         f"no candidate passes the gate: float32's {policy.loss_name} is {loss} "

@@ -209,6 +209,16 @@ def profiles(profile_files: tuple[Path, ...], as_json: bool) -> None:
     help="Devices refuse requests with values outside the reference profile's ranges (those of "
     "the sample and --validation rows; exit 5) instead of counting and reporting them.",
 )
+@click.option(
+    "--emulate",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="ARM targets: also run every candidate on an emulated ARM device on the profile's core "
+    "(docs/arm64.md) and reject a variant whose loss there breaks --max-accuracy-drop; latency "
+    "stays the host's. auto: when this host can (root, the emulated device prepared), else the "
+    "report says why not; on: prepare the device if needed, or fail (exit 2); off: never.",
+)
 @click.option("--description", default="", help="What the model is for (goes into the card).")
 @click.option(
     "--out",
@@ -237,6 +247,7 @@ def build(
     max_accuracy_drop: float,
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
     reject_out_of_range: bool,
+    emulate: str,
     description: str,
     out: Path,
     profile_files: tuple[Path, ...],
@@ -250,7 +261,7 @@ def build(
     """
     from packager.build import BuildOptions
     from packager.build import build as run_build
-    from packager.validate import table_lines
+    from packager.candidates_table import lines_for
 
     opts = BuildOptions(
         model=model,
@@ -273,12 +284,13 @@ def build(
         max_accuracy_drop=max_accuracy_drop,
         input_shapes=input_shapes,
         reject_out_of_range=reject_out_of_range,
+        emulate=emulate,
     )
     progress = (lambda _: None) if as_json else (lambda m: _stderr(f"… {m}"))
     tables: list[str] = []
 
     def table(profile: str, report: dict[str, Any]) -> None:
-        text = "\n".join(table_lines(profile, report))
+        text = "\n".join(lines_for(profile, report))
         if as_json:  # the table is each result's "candidates"; stderr gets it only on failure
             tables.append(text)
         else:

@@ -1,10 +1,11 @@
-"""Measuring candidate variants on the host: their outputs on the validation data, scored with
-:mod:`packager.metrics`, and their latency at batch 1.
+"""Measuring candidate variants: their outputs on the validation data, scored with
+:mod:`packager.metrics`, and their latency at batch 1 on the host.
 
 Place in the design: ``validate`` asks this module for numbers and ``choice`` decides with them.
 Latency is measured on this machine for every profile, ARM ones included, with the profile's
 thread count (capped at the host's cores): it ranks variants against each other, it does not
-predict the device's milliseconds.
+predict the device's milliseconds. For ARM profiles the outputs a candidate gave on an emulated
+ARM device (``packager.emulated``) are scored exactly like the host's (:func:`score_arm`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -68,6 +69,8 @@ class Scores:
     metrics: dict[str, Optional[float]]
     loss_name: str
     loss: float
+    outputs: Arrays = field(default_factory=dict, repr=False, compare=False)
+    """The outputs scored, by name (for comparing them with another machine's)."""
 
 
 def score_original(data: EvalData) -> dict[str, Optional[float]]:
@@ -91,13 +94,70 @@ def score(
 ) -> Scores:
     """Run the model on ``data`` (with ``run``, default onnxruntime) and score it; raises
     ConversionError when it cannot run."""
-    outputs = (run or run_all)(model_bytes, data.inputs)
+    return score_outputs((run or run_all)(model_bytes, data.inputs), data, original)
+
+
+def score_outputs(outputs: Arrays, data: EvalData, original: dict[str, Optional[float]]) -> Scores:
+    """Score a model's ``outputs`` on ``data`` (against the original's outputs and the labels);
+    raises UsageError when an output the original has is missing."""
     found = metrics.agreement(outputs, data.reference, data.label_output)
     how = data.reading()
     if how is not None and data.labels is not None:
         found.update(metrics.labelled(outputs, data.labels, how))
     name, value = metrics.loss(found, original, how)
-    return Scores(found, name, value)
+    return Scores(found, name, value, dict(outputs))
+
+
+@dataclass(frozen=True)
+class ArmScore:
+    """One candidate on the emulated ARM device: the gate's loss measured there (scored like the
+    host's), and how far its outputs are from the host's on the same rows (largest absolute
+    difference of the numeric outputs; share of equal labels). ``detail`` says why it did not run
+    there; the numbers are then None."""
+
+    device: str
+    rows: int
+    loss: Optional[float] = None
+    max_abs_diff: Optional[float] = None
+    label_agreement: Optional[float] = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "rows": self.rows,
+            "loss": _round(self.loss),
+            "max_abs_diff": _round(self.max_abs_diff, significant=True),
+            "label_agreement": _round(self.label_agreement),
+            "detail": self.detail,
+        }
+
+
+def score_arm(
+    outputs: Arrays,
+    host: Scores,
+    data: EvalData,
+    original: dict[str, Optional[float]],
+    device: str,
+) -> ArmScore:
+    """Score a candidate's ``outputs`` from the ARM ``device`` like the host's, and compare them
+    with the host's own (``host.outputs``)."""
+    on_arm = score_outputs(outputs, data, original)
+    versus = metrics.agreement(outputs, host.outputs, data.label_output)
+    return ArmScore(
+        device,
+        data.rows,
+        on_arm.loss,
+        versus.get("max_abs_diff"),
+        versus["label_agreement"],
+    )
+
+
+def _round(value: Optional[float], significant: bool = False) -> Optional[float]:
+    """Six decimals (six significant digits: differences of a few float32 ulps stay visible)."""
+    if value is None:
+        return None
+    return float(f"{value:.6g}") if significant else round(float(value), 6)
 
 
 def run_all(model_bytes: bytes, inputs: Arrays) -> Arrays:

@@ -6,7 +6,10 @@ Place in the design: ``build`` → here → ``quantize`` (make), ``evaluate`` (m
 (decide). One :class:`Gate` serves every target of a build: variants with the same settings are
 made once, and a model's scores are computed once; latency is measured per profile, because
 thread counts differ. :func:`settle` (choose, report, enforce) also serves TFLite models, whose
-candidates ``packager.validate_tflite`` makes and measures with LiteRT.
+candidates ``packager.validate_tflite`` makes and measures with LiteRT. For ARM profiles it also
+has every candidate run on an emulated ARM device (``packager.emulated``, ``GateOptions.arm``) and
+scores those outputs like the host's, so ``choice`` can reject a variant that breaks the budget
+there.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any, Optional, Protocol
 from devices import Profile, host_arch
 from packager import choice
 from packager.convert import Arrays
+from packager.emulated import ArmDevices
 from packager.evaluate import (
+    ArmScore,
     EvalData,
     Latency,
     LatencySettings,
@@ -29,6 +34,7 @@ from packager.evaluate import (
     host_threads,
     measure_latency,
     score,
+    score_arm,
     score_original,
 )
 from packager.prepass import prepare
@@ -39,7 +45,8 @@ REQUESTS = ("auto", *MODES)
 Report = Callable[[str], None]
 Table = Callable[[str, dict[str, Any]], None]
 """Receives a profile name and its candidates report: ``candidates`` (rows as the manifest holds
-them), ``measure`` (what the loss column means) and ``latency_measured_on``."""
+them), ``measure`` (what the loss column means), ``latency_measured_on`` and ``arm_parity`` (None
+for profiles of the host's own architecture)."""
 
 
 class Settings(Protocol):
@@ -56,6 +63,8 @@ class GateOptions:
     quantize: str = "auto"
     max_accuracy_drop: float = 0.01
     latency: LatencySettings = field(default_factory=LatencySettings)
+    arm: Optional[ArmDevices] = None
+    """Runs the candidates of ARM profiles on an emulated device; None: the host only."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class CandidateReport:
     loss: Optional[float] = None
     metrics: dict[str, Optional[float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    arm: Optional[ArmScore] = None
+    """Its numbers on the emulated ARM device, when it ran there or failed to."""
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
         """As the manifest and ``--json`` hold it; ``timings=False`` leaves the latency out (a
@@ -86,6 +97,8 @@ class CandidateReport:
             "metrics": {k: _round(v) for k, v in self.metrics.items()},
             "settings": self.settings,
         }
+        if self.arm is not None:
+            doc["arm"] = self.arm.to_dict()
         if timings:
             doc["latency_ms"] = self.latency.to_dict() if self.latency else None
             doc["latency_ratio"] = _round(self.latency_ratio)
@@ -106,6 +119,9 @@ class Outcome:
     latency_note: str = ""
     """Where latency was measured (this host, threads; ARM profiles: not on the device)."""
     warnings: tuple[str, ...] = ()
+    arm_parity: Optional[dict[str, Any]] = None
+    """ARM profiles: where parity was measured besides the host (``measured``, ``device``,
+    ``rows``, ``note``, ``seconds``), or why it was not; None for the host's own arch."""
 
     def quantization_doc(self, requested: str) -> dict[str, Any]:
         return {
@@ -117,6 +133,12 @@ class Outcome:
 
     def candidates_doc(self, timings: bool = True) -> list[dict[str, Any]]:
         return [c.to_dict(timings) for c in self.candidates]
+
+    def arm_parity_doc(self, timings: bool = True) -> Optional[dict[str, Any]]:
+        """``arm_parity``; ``timings=False`` leaves the emulated run's seconds out."""
+        if self.arm_parity is None or timings:
+            return self.arm_parity
+        return {k: v for k, v in self.arm_parity.items() if k != "seconds"}
 
 
 class Gate:
@@ -230,22 +252,25 @@ def settle(
     variants, scores, latency = measured.variants, measured.scores, measured.latency
     requested = options.quantize
     loss_name = scores["none"].loss_name
+    on_arm, arm_parity = _on_arm(profile, measured, data, original, options.arm)
     decision = choice.choose(
-        [_candidate(v, latency.get(m), scores.get(m)) for m, v in variants.items()],
+        [_candidate(v, latency.get(m), scores.get(m), on_arm.get(m)) for m, v in variants.items()],
         choice.Policy(
             requested=requested,
             max_loss=options.max_accuracy_drop,
             memory_budget_bytes=choice.memory_budget(profile.memory_mb),
             loss_name=loss_name,
+            arm_device=(arm_parity or {}).get("device", ""),
         ),
     )
-    rows = _rows(measured, decision, settings)
+    rows = _rows(measured, decision, settings, on_arm)
     table(
         profile.name,
         {
             "candidates": [r.to_dict() for r in rows],
             "measure": loss_name,
             "latency_measured_on": _where(profile),
+            "arm_parity": arm_parity,
         },
     )
     if decision.chosen is None:
@@ -288,11 +313,43 @@ def settle(
         },
         latency_note=_where(profile),
         warnings=tuple(warnings),
+        arm_parity=arm_parity,
     )
 
 
+def _on_arm(
+    profile: Profile,
+    measured: Measured,
+    data: EvalData,
+    original: dict[str, Optional[float]],
+    arm: Optional[ArmDevices],
+) -> tuple[dict[str, ArmScore], Optional[dict[str, Any]]]:
+    """Every candidate that ran on the host, run on the profile's emulated ARM device and scored
+    like the host's; and the report's ``arm_parity``. Nothing for the host's own architecture."""
+    if arm is None or not arm.applies(profile):
+        return {}, None
+    models = {
+        m: v.model_bytes
+        for m, v in measured.variants.items()
+        if m in measured.scores and v.model_bytes is not None
+    }
+    run = arm.run(profile, models, data.inputs)
+    if isinstance(run, str):
+        return {}, {"measured": False, "note": run}
+    found = {
+        m: score_arm(run.outputs[m], measured.scores[m], data, original, run.device)
+        if m in run.outputs
+        else ArmScore(run.device, data.rows, detail=run.failed.get(m, "no outputs"))
+        for m in models
+    }
+    return found, run.report(data.rows, data.source)
+
+
 def _rows(
-    measured: Measured, decision: choice.Decision, settings: Settings
+    measured: Measured,
+    decision: choice.Decision,
+    settings: Settings,
+    on_arm: dict[str, ArmScore],
 ) -> list[CandidateReport]:
     base_time = measured.latency["none"].median_ms
     rows = []
@@ -310,6 +367,7 @@ def _rows(
                 loss=s.loss if s else None,
                 metrics=dict(s.metrics) if s else {},
                 settings=settings.for_mode(mode),
+                arm=on_arm.get(mode),
             )
         )
     return rows
@@ -328,7 +386,9 @@ def candidate_modes(profile: Profile, settings: QuantSettings, requested: str) -
     return tuple(dict.fromkeys(("none", requested)))
 
 
-def _candidate(v: Variant, t: Optional[Latency], s: Optional[Scores]) -> choice.Candidate:
+def _candidate(
+    v: Variant, t: Optional[Latency], s: Optional[Scores], arm: Optional[ArmScore]
+) -> choice.Candidate:
     return choice.Candidate(
         mode=v.mode,
         status=v.status,
@@ -336,48 +396,17 @@ def _candidate(v: Variant, t: Optional[Latency], s: Optional[Scores]) -> choice.
         size=v.size,
         latency_ms=t.median_ms if t else None,
         loss=s.loss if s else None,
+        arm_loss=arm.loss if arm else None,
+        arm_detail=arm.detail if arm else "",
     )
 
 
 def _where(profile: Profile) -> str:
     here = host_arch()
     threads = host_threads(profile.threads)
-    note = "" if profile.arch == here else f", not on a {profile.arch} device"
+    note = "" if profile.arch == here else f", not on a {profile.arch} device nor under emulation"
     return f"this {here} host ({platform.machine()}), {threads} thread(s), batch 1{note}"
 
 
 def _round(value: Optional[float], digits: int = 6) -> Optional[float]:
     return None if value is None else round(float(value), digits)
-
-
-_PRIMARY = ("accuracy", "r2", "label_agreement", "output_r2")
-
-
-def table_lines(profile: str, report: dict[str, Any]) -> list[str]:
-    """A Table report as text lines for people (the CLI prints them to stderr)."""
-    rows = report["candidates"]
-    metric = next((k for k in _PRIMARY if any(r["metrics"].get(k) is not None for r in rows)), "")
-    lines = [f"{profile}: loss = {report['measure']}; latency on {report['latency_measured_on']}"]
-    header = ("mode", "bytes", "x size", "p50 ms", "p95 ms", "x time", metric or "-", "loss")
-    lines.append("  {:<8} {:>10} {:>6} {:>8} {:>8} {:>6} {:>9} {:>8}  verdict".format(*header))
-    for r in rows:
-        t = r.get("latency_ms") or {}
-        cells = (
-            r["mode"],
-            _fmt(r["size"], "d"),
-            _fmt(r["size_ratio"], ".2f"),
-            _fmt(t.get("p50"), ".3f"),
-            _fmt(t.get("p95"), ".3f"),
-            _fmt(r.get("latency_ratio"), ".2f"),
-            _fmt(r["metrics"].get(metric), ".4f"),
-            _fmt(r["loss"], ".4f"),
-        )
-        verdict = r["verdict"] + (f" ({r['detail']})" if r["verdict"] == "not quantizable" else "")
-        lines.append(
-            "  {:<8} {:>10} {:>6} {:>8} {:>8} {:>6} {:>9} {:>8}  ".format(*cells) + verdict
-        )
-    return lines
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)

@@ -2,7 +2,8 @@
 
 Commands (add ``--armv7`` before the command for the 32-bit armhf device):
 
-- ``check``: exit 0 when this host can run the emulated device (root, qemu in binfmt_misc)
+- ``check``: exit 0 when this host can run the emulated device (root, a cache folder that can
+  be created, qemu in binfmt_misc)
 - ``prepare``: build or refresh the cached device and print the time of each step
 - ``run [--copy FILE …] -- ARGS``: run ``edgeship-device ARGS`` inside it
 - ``shell``: an interactive shell inside it

@@ -13,7 +13,8 @@ block ends, also on failure. Inside, ``run`` executes ``edgeship-device`` comman
 
 ``EmulationConfig()`` is the arm64 (Debian bookworm) device; ``EmulationConfig.armv7()`` the
 32-bit armhf (Debian bullseye, TFLite-only) one. Needs root. One session at a time per cache
-folder (a lock file serializes them). See docs/arm64.md for the cache layout and the timings.
+folder (a lock file serializes them); a session opened again in the same process shares the open
+one. See docs/arm64.md for the cache layout and the timings.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
+_OPEN: dict[Path, Arm64Device] = {}
+"""The sessions this process holds, by cache folder."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,17 @@ class Arm64Device:
         """Prepare the device and mount it for the ``with`` block; unmount afterwards.
 
         ``fresh``: empty the device's store and work folder first, so it starts as a new device.
+        While this process already holds a session on the same cache folder (a build run inside
+        a test session that holds the device), that device is yielded as it is: not prepared
+        again, not emptied, and left mounted (the lock would otherwise wait on this very process).
         Raises EmulationUnavailable (this host cannot emulate) or EmulationError.
         """
         cfg = config or EmulationConfig()
+        held = _OPEN.get(cfg.folder)
+        if held is not None:
+            progress(f"{cfg.deb_arch}: sharing the device this process already holds")
+            yield held
+            return
         timings: dict[str, float] = {}
 
         def step(name: str, action: Callable[[], str]) -> None:
@@ -123,8 +134,10 @@ class Arm64Device:
                 step("mounts", lambda: mount(cfg))
                 device = cls(cfg, timings)
                 progress(f"{cfg.deb_arch}: device ready in {sum(timings.values()):.1f} s")
+                _OPEN[cfg.folder] = device
                 yield device
             finally:
+                _OPEN.pop(cfg.folder, None)
                 unmount_all(cfg.root)
 
     @property

@@ -22,6 +22,8 @@ RUNTIME = "/opt/edgeship"
 WORK = "/work"
 DEVICE_HOME = "/var/lib/edgeship"
 SITE_MARKER = ".edgeship-site-complete"
+ROOT_MARKER = ".edgeship-root-complete"
+"""Written last by make-root.sh: a root without it is built again."""
 LAUNCHER = """#!/usr/bin/python3
 # The console script pip would write for edgeship's [project.scripts] entry.
 import sys
@@ -39,7 +41,8 @@ class EmulationError(EdgeshipError):
 
 
 class EmulationUnavailable(EmulationError):
-    """This host cannot emulate ARM at all (not root, binfmt_misc cannot be enabled)."""
+    """This host cannot emulate ARM at all (not root, the cache folder cannot be created,
+    binfmt_misc cannot be enabled)."""
 
 
 def cache_base() -> Path:
@@ -108,6 +111,11 @@ class EmulationConfig:
     @property
     def root(self) -> Path:
         return self.folder / "root"
+
+    @property
+    def root_cached(self) -> bool:
+        """The Debian root is built: preparing the device then takes seconds, not minutes."""
+        return (self.root / ROOT_MARKER).is_file()
 
     def platform_tags(self) -> list[str]:
         arch = self.wheel_arch

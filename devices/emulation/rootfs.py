@@ -44,9 +44,15 @@ def _sh(argv: Sequence[str], what: str, timeout: float) -> subprocess.CompletedP
 
 def host_setup(config: EmulationConfig) -> None:
     """Install qemu/binfmt/debootstrap if missing and enable qemu for ``config.qemu_arch``.
-    Raises EmulationUnavailable when this host cannot (not root, binfmt_misc not mountable)."""
+    Raises EmulationUnavailable when this host cannot (not root, the cache folder cannot be
+    created, binfmt_misc not mountable); those cheap checks come before any package is
+    installed."""
     if os.geteuid() != 0:
         raise EmulationUnavailable("emulating a device needs root (mount, chroot, binfmt_misc)")
+    try:
+        config.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmulationUnavailable(f"cannot create the device cache {config.folder}: {e}") from e
     script = HERE / "host-setup.sh"
     done = subprocess.run(
         ["bash", str(script), config.qemu_arch],
@@ -89,7 +95,7 @@ def host_setup_step(cfg: EmulationConfig) -> str:
 
 
 def make_root(cfg: EmulationConfig) -> str:
-    cached = (cfg.root / ".edgeship-root-complete").is_file()
+    cached = cfg.root_cached
     mirror = cfg.mirror or os.environ.get(MIRROR_ENV) or debian_mirror(cfg.suite)
     if mirror is None:
         raise EmulationError(f"no Debian mirror in /etc/apt/sources.list*; set {MIRROR_ENV} to one")
