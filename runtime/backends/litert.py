@@ -1,11 +1,14 @@
 """LiteRT backend: ``ai_edge_litert`` first, then ``tflite_runtime`` (armv7 boards, old Pythons).
 
 The interpreter lookup (``interpreter_class``) is shared with the packager, which runs source
-``.tflite`` files with the same interpreter a device will use.
+``.tflite`` files with the same interpreter a device will use. Custom ops run when the provider's
+default op resolver registers them (``TFLite_Detection_PostProcess``, ``Mfcc``,
+``AudioSpectrogram``); a model with any other is refused at load, naming the op.
 """
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,43 @@ def interpreter_version() -> dict[str, str]:
         return {distribution: "unknown"}
 
 
+_PARTIAL_WRITERS = frozenset({"TFLite_Detection_PostProcess"})
+"""Kernels that leave part of their outputs unwritten: TFLite_Detection_PostProcess (fast NMS)
+fills only the first ``num_detections`` slots. LiteRT never clears a buffer, so the other slots
+would hold an earlier call's detections or stale memory, and two runs on one input could differ."""
+
+_UNRESOLVED = (
+    re.compile(r"unresolved custom op: (\S+?)\.(?=\s|$)"),
+    re.compile(r"\((Flex\w+)\) failed to prepare"),
+)
+
+
+def _load_error(model_path: Path, error: Exception) -> ModelError:
+    """The ModelError for a model LiteRT refused; it names the ops the interpreter lacks."""
+    message = str(error)
+    missing = sorted({name for p in _UNRESOLVED for name in p.findall(message)})
+    if not missing:
+        return ModelError(f"LiteRT cannot load {model_path.name}: {message}")
+    provider = ", ".join(f"{d} {v}" for d, v in interpreter_version().items())
+    plural = len(missing) > 1
+    return ModelError(
+        f"the model uses custom op{'s' if plural else ''} {', '.join(missing)}, which LiteRT "
+        f"({provider}) does not provide; it runs TFLite's builtin ops and the custom ops "
+        "TFLite_Detection_PostProcess, Mfcc and AudioSpectrogram, not Flex (TensorFlow) ops or an "
+        f"application's own: convert the model without {'them' if plural else 'it'}"
+    )
+
+
+def _partially_written(interpreter: Any) -> tuple[int, ...]:
+    """Indices of the tensors that kernels in ``_PARTIAL_WRITERS`` write. The op list is the
+    interpreter's experimental API: a provider without it gets none."""
+    ops = getattr(interpreter, "_get_ops_details", None)
+    if ops is None:
+        return ()
+    found = {int(t) for op in ops() if op["op_name"] in _PARTIAL_WRITERS for t in op["outputs"]}
+    return tuple(sorted(t for t in found if t >= 0))
+
+
 def _dtype_name(detail: dict[str, Any]) -> str:
     dtype = np.dtype(detail["dtype"])
     name = "string" if dtype.kind in "OSU" else dtype.name
@@ -77,7 +117,9 @@ def _per_tensor(details: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
 
 class LiteRTBackend(Backend):
     """A ``.tflite`` model in a LiteRT interpreter. Inputs whose shape differs from the current
-    allocation are resized (only along dims the model declares dynamic) before the run."""
+    allocation are resized (only along dims the model declares dynamic) before the run. Outputs
+    of kernels that write only part of them (``_PARTIAL_WRITERS``) are zeroed before every run, so
+    an answer depends on its own inputs, never on an earlier call or on stale memory."""
 
     name = "litert"
 
@@ -86,8 +128,9 @@ class LiteRTBackend(Backend):
         try:
             self._interp = interpreter(model_path=str(model_path), num_threads=threads)
             self._interp.allocate_tensors()
+            self._cleared = _partially_written(self._interp)
         except (ValueError, RuntimeError) as e:
-            raise ModelError(f"LiteRT cannot load {model_path.name}: {e}") from e
+            raise _load_error(model_path, e) from e
         self._refresh()
         self._inputs = tuple(spec_from_detail(d) for d in self._in)
         self._outputs = tuple(spec_from_detail(d) for d in self._out)
@@ -133,5 +176,8 @@ class LiteRTBackend(Backend):
                 self._refresh()
         for detail in self._in:
             self._interp.set_tensor(detail["index"], arrays[detail["name"]])
+        for index in self._cleared:
+            # A view into the interpreter's buffer; it must be gone before invoke() (it is).
+            self._interp.tensor(index)().fill(0)
         self._interp.invoke()
         return {d["name"]: self._interp.get_tensor(d["index"]) for d in self._out}
