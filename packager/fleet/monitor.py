@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -56,13 +56,11 @@ class MonitorSettings:
     """Longest wait for the writer to finish its batches at shutdown."""
 
 
-class _Item(NamedTuple):
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    generation: int
-    received: float
+_Item = tuple[str, bytes, float, int, int, int]
+"""A message waiting in the inbox: topic, payload, received (epoch seconds), then what its
+acknowledgement needs: mid, qos, connection generation. A plain tuple, made once per message;
+its first three are what the writer takes (:data:`_FOR_WRITER`)."""
+_FOR_WRITER = slice(0, 3)
 
 
 @dataclass
@@ -121,7 +119,7 @@ class Monitor:
         self._connect_error: Optional[str] = None
         self._generation = 0
         self._ack_lock = threading.Lock()
-        self._pending: dict[int, list[tuple[int, int, int]]] = {}
+        self._pending: dict[int, list[_Item]] = {}
         self._slots = threading.Semaphore(settings.in_flight_batches)
         self._stopped = threading.Event()
         self._client = make_client(broker)
@@ -217,7 +215,7 @@ class Monitor:
         with self._ack_lock:
             # a message from an earlier connection cannot be acknowledged on this one: the
             # broker sends it again and it is dropped as a duplicate
-            for mid, qos, generation in self._pending.pop(number):
+            for _topic, _payload, _received, mid, qos, generation in self._pending.pop(number):
                 if qos and generation == self._generation:
                     self._client.ack(mid, qos)
         self._slots.release()
@@ -264,10 +262,9 @@ class Monitor:
                     return
             items = [inbox.popleft() for _ in range(min(len(inbox), self.settings.batch_max))]
             number += 1
-            self._pending[number] = [(i.mid, i.qos, i.generation) for i in items]
+            self._pending[number] = items
             try:
-                self._requests.send(("batch", number, [(i.topic, i.payload, i.received)
-                                                   for i in items]))  # fmt: skip
+                self._requests.send(("batch", number, [item[_FOR_WRITER] for item in items]))
             except OSError:
                 return  # the writer is gone: the reader has said so
 
@@ -339,8 +336,10 @@ class Monitor:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = "(not UTF-8)"
-        item = _Item(topic, bytes(msg.payload), msg.mid, msg.qos, self._generation, time.time())
-        while len(self._inbox) >= self.settings.queue_max and self._accepting:
+        item = (topic, bytes(msg.payload), time.time(), msg.mid, msg.qos, self._generation)
+        inbox = self._inbox
+        while len(inbox) >= self.settings.queue_max and self._accepting:
             time.sleep(0.01)  # the writer is behind: stop reading, the broker holds the rest
-        self._inbox.append(item)
-        self._wake.set()
+        inbox.append(item)
+        if len(inbox) == 1:
+            self._wake.set()  # the main thread waits only on an empty inbox

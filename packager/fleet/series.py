@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
+from operator import is_not
 from typing import Any, Optional
 
 from runtime.telemetry.messages import Message
@@ -103,17 +106,31 @@ def worst_drift(
 
 def feedback(doc: dict[str, Any], measure: str) -> tuple[int, Optional[float]]:
     given = doc.get("feedback") or {}
-    count, value = given.get("count"), given.get(measure)
-    count = count if isinstance(count, int) and not isinstance(count, bool) else 0
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return count, float(value)
-    return count, None
+    return _feedback_count(given), _measure(given.get(measure))
 
 
 def _feedback_columns(given: dict[str, Any]) -> tuple[int, Optional[float], Optional[float]]:
-    doc = {"feedback": given}
-    count, accuracy = feedback(doc, "accuracy")
-    return count, accuracy, feedback(doc, "mae")[1]
+    return _feedback_count(given), _measure(given.get("accuracy")), _measure(given.get("mae"))
+
+
+def _feedback_count(given: dict[str, Any]) -> int:
+    count = given.get("count")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
+def _measure(value: Any) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+_not_none = partial(is_not, None)
+
+
+def _worst(drift: dict[str, dict[str, Any]]) -> Optional[float]:
+    """The highest score of a checked drift object (scores are numbers or None)."""
+    scores = chain.from_iterable(map(dict.values, drift.values()))
+    return max(filter(_not_none, scores), default=None)
 
 
 def rows(message: Message, received: float, raw: str) -> list[tuple[Any, ...]]:
@@ -123,8 +140,7 @@ def rows(message: Message, received: float, raw: str) -> list[tuple[Any, ...]]:
     for name, doc in message.doc["models"].items():
         latency = doc["latency_ms"]
         drift = doc.get("drift")
-        worst = max((s for scores in drift.values() for s in scores.values() if s is not None),
-                    default=None) if drift else None  # fmt: skip
+        worst = _worst(drift) if drift else None
         given = doc.get("feedback")
         count, accuracy, mae = _feedback_columns(given) if given else (0, None, None)
         found.append((

@@ -15,7 +15,6 @@ import json
 from abc import abstractmethod
 from typing import Any, Iterable, Optional, Sequence
 
-from packager.fleet import series
 from packager.fleet.alerts import Alert
 from packager.fleet.series import COLUMNS, Window
 from packager.fleet.state import DeviceState, apply_status
@@ -219,8 +218,7 @@ class SqlStore(FleetStore):
             ordered = sorted(batch, key=lambda r: r.key)  # one lock order for every process
             new = self._insert_seen(cur, [(*r.key, r.message.kind, r.received) for r in ordered])
             stored = tuple(r for r in batch if r.key in new)
-            windows = [row for r in stored if r.message.kind == "telemetry"
-                       for row in series.rows(r.message, r.received, _raw(r))]  # fmt: skip
+            windows = [row for r in stored for row in r.rows]
             if windows:
                 cur.executemany(self._sql(_INSERT_WINDOW), windows)
                 pairs = sorted({row[:3] for row in windows} - self._known_models)
@@ -384,10 +382,6 @@ def _event_row(item: Received) -> tuple[Any, ...]:
     detail = json.dumps(m.doc.get("detail") or {}, separators=(",", ":"))
     return (m.fleet, m.device, m.seq, m.ts.timestamp(), item.received, m.doc["event"],
             m.doc.get("model"), detail)  # fmt: skip
-
-
-def _raw(item: Received) -> str:
-    return item.raw or json.dumps(item.message.doc, separators=(",", ":"))
 
 
 def _seen_rows(stored: Iterable[Received]) -> list[tuple[Any, ...]]:

@@ -4,6 +4,12 @@ Write-ahead log with ``synchronous=FULL``, so a committed batch survives a crash
 or the machine before the monitor acknowledges its messages. Several processes may share the file
 (each write transaction takes SQLite's write lock up front, waiting up to ``BUSY_TIMEOUT_S``), but
 one writer at a time is all SQLite allows: several monitors want PostgreSQL.
+
+A batch of telemetry from many devices changes a leaf page of each key index per device, and
+every commit writes each page it changed to the log whole: the page cache holds the indexes (no
+page is read from the file again per batch), and the log is copied back into the database only
+every ``CHECKPOINT_PAGES`` pages, so a page that many batches change is copied once, not once per
+commit.
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ from packager.fleet.sql import SqlStore, schema
 
 BUSY_TIMEOUT_S = 30.0
 """How long a write waits for another process's write transaction (seconds)."""
+CACHE_KIB = 64 * 1024
+"""Page cache of a connection (KiB; SQLite's default is 2 MiB)."""
+CHECKPOINT_PAGES = 16_384
+"""Write-ahead log pages (4 KiB each) after which a commit copies the log into the database
+(SQLite's default is 1,000: about one batch)."""
 
 
 class SqliteStore(SqlStore):
@@ -38,6 +49,8 @@ class SqliteStore(SqlStore):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             conn.execute("BEGIN IMMEDIATE")
             for statement in schema("INTEGER PRIMARY KEY"):
                 conn.execute(statement)

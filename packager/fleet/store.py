@@ -19,12 +19,14 @@ Every database failure surfaces as :class:`FleetStoreError`.
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
+from packager.fleet import series
 from packager.fleet.alerts import Alert
 from packager.fleet.series import Window
 from packager.fleet.state import DeviceState
@@ -38,15 +40,29 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Received:
     """A checked message, the monitor time (epoch seconds) it arrived, and its payload as text
-    (stored with telemetry; when empty, the message is written out again)."""
+    (stored with telemetry; when empty, the message is written out again).
+
+    What storing it reads, its key and rows, is worked out when it is made: the monitor makes it
+    right after checking the message, while the parsed document is still in the CPU cache (a
+    batch later it is not, and working them out then costs twice as much)."""
 
     message: Message
     received: float
     raw: str = ""
+    key: tuple[str, str, int] = field(init=False, repr=False, compare=False)
+    """(fleet, device, seq): what makes a message a duplicate."""
+    rows: list[tuple[Any, ...]] = field(init=False, repr=False, compare=False)
+    """The telemetry rows (:data:`~packager.fleet.series.COLUMNS`) the message stores, one per
+    model; none for a status or event."""
 
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.message.fleet, self.message.device, self.message.seq)
+    def __post_init__(self) -> None:
+        message = self.message
+        object.__setattr__(self, "key", (message.fleet, message.device, message.seq))
+        rows = []
+        if message.kind == "telemetry":
+            raw = self.raw or json.dumps(message.doc, separators=(",", ":"))
+            rows = series.rows(message, self.received, raw)
+        object.__setattr__(self, "rows", rows)
 
 
 @dataclass(frozen=True)

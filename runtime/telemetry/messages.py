@@ -14,7 +14,8 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from functools import lru_cache
+from typing import Any, Iterable, Mapping
 
 from runtime.errors import TelemetryMessageError
 
@@ -22,8 +23,14 @@ DEFAULT_PREFIX = "edgeship/v1"
 MAX_MESSAGE_BYTES = 256 * 1024
 """Largest payload accepted (bytes); a device never builds a bigger one."""
 MAX_DEPTH = 8
+"""Deepest a value may sit: the payload object's own fields are at depth 1."""
 MAX_MODELS = 64
 MAX_FEATURES = 1024
+MAX_STRING = 256
+"""Longest name, version or digest string (characters)."""
+TOPIC_CACHE = 16_384
+"""Parsed topics kept (about 600 bytes each): three per device, so a fleet of 5,000 devices
+parses each topic once."""
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """Fleet and device ids: safe in a topic level (no '/', '+', '#') and in a file name."""
@@ -84,7 +91,16 @@ def alerts_topic(prefix: str, fleet: str) -> str:
 
 def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> Topic:
     """Split a device topic; raise TelemetryMessageError for anything else."""
-    if not isinstance(topic, str) or not topic.startswith(prefix + "/"):
+    if not isinstance(topic, str):
+        raise TelemetryMessageError(f"topic {topic!r} is not under {prefix}/")
+    return _parse_topic(topic, prefix)
+
+
+@lru_cache(maxsize=TOPIC_CACHE)
+def _parse_topic(topic: str, prefix: str) -> Topic:
+    # every message of a device comes on the same few topics: split each once (a refused
+    # topic raises and is not kept)
+    if not topic.startswith(prefix + "/"):
         raise TelemetryMessageError(f"topic {topic!r} is not under {prefix}/")
     parts = topic[len(prefix) + 1 :].split("/")
     if len(parts) != 3 or parts[2] not in SCHEMAS:
@@ -125,24 +141,30 @@ def envelope(kind: str, fleet: str, device: str, seq: int, ts: datetime) -> dict
 # --- parsing --------------------------------------------------------------------------------------
 
 
-def parse_message(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> Message:
+def parse_message(topic: str, payload: bytes | bytearray, prefix: str = DEFAULT_PREFIX) -> Message:
     """Check a message received on ``topic``; raise TelemetryMessageError for any fault."""
     where = parse_topic(topic, prefix)
     if not isinstance(payload, (bytes, bytearray)):
         raise TelemetryMessageError("payload must be bytes")
     if len(payload) > MAX_MESSAGE_BYTES:
         raise TelemetryMessageError(f"payload is {len(payload)} bytes, over {MAX_MESSAGE_BYTES}")
+    data = bytes(payload)
+    nesting = _nesting(data)
+    if nesting > MAX_DEPTH + 1:
+        raise TelemetryMessageError(f"payload nests deeper than {MAX_DEPTH} levels")
     try:
-        doc = json.loads(bytes(payload).decode("utf-8"), parse_constant=_no_constant)
+        doc = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise TelemetryMessageError(f"payload is not UTF-8 JSON: {e}") from e
     if not isinstance(doc, dict):
         raise TelemetryMessageError("payload must be a JSON object")
-    _check_depth(doc, 0)
+    if nesting == MAX_DEPTH + 1:
+        _check_deepest(doc)
+    kind = where.kind
     schema = doc.get("schema")
-    if schema != SCHEMAS[where.kind]:
+    if schema != SCHEMAS[kind]:
         raise TelemetryMessageError(
-            f"schema {schema!r} is not {SCHEMAS[where.kind]!r} (unknown version or wrong topic)"
+            f"schema {schema!r} is not {SCHEMAS[kind]!r} (unknown version or wrong topic)"
         )
     if doc.get("fleet") != where.fleet or doc.get("device") != where.device:
         raise TelemetryMessageError(
@@ -153,115 +175,188 @@ def parse_message(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> M
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise TelemetryMessageError("seq must be a non-negative integer")
     ts = parse_ts(doc.get("ts"))
-    _CHECKS[where.kind](doc)
-    return Message(where.kind, where.fleet, where.device, seq, ts, doc)
+    if kind == "telemetry":
+        _check_telemetry(doc)
+    elif kind == "status":
+        _check_status(doc)
+    else:
+        _check_event(doc)
+    return Message(kind, where.fleet, where.device, seq, ts, doc)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _check_depth(value: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""NaN and Infinity are not JSON; Python's parser takes them unless told not to."""
+
+
+# --- nesting --------------------------------------------------------------------------------------
+# A payload's depth is bounded before it is parsed, from its bytes, at C speed: walking the parsed
+# document cost as much as parsing it. Outside strings, JSON text nests exactly as its brackets
+# do, and a string is whatever lies between two quotes once the escapes (which only occur in
+# strings, and may hide a quote) are taken out.
+
+_ESCAPES = re.compile(rb"\\.", re.DOTALL)
+_OPEN_CLOSE = bytes.maketrans(b"[{]}", b"(())")
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+
+
+def _nesting(data: bytes) -> int:
+    """How many arrays and objects of JSON text ``data`` nest inside each other (1 for an object
+    of scalars), counted up to ``MAX_DEPTH + 2``. Exact for JSON text; for anything else some
+    number, as the parser refuses it anyway."""
+    if b"\\" in data:
+        data = _ESCAPES.sub(b"", data)
+    # quotes and brackets only; a string without brackets leaves two adjacent quotes
+    marks = data.translate(_OPEN_CLOSE, _NOT_MARKS).replace(b'""', b"")
+    if b'"' in marks:  # some string holds a bracket: take the strings out first
+        marks = b"".join(data.split(b'"')[::2]).translate(_OPEN_CLOSE, _NOT_MARKS)
+    for depth in range(MAX_DEPTH + 2):
+        if not marks:
+            return depth
+        inner = marks.replace(b"()", b"")  # the innermost arrays and objects: one level
+        if len(inner) == len(marks):
+            return depth  # unbalanced: not JSON
+        marks = inner
+    return MAX_DEPTH + 2
+
+
+def _check_deepest(doc: dict[str, Any]) -> None:
+    """For a payload whose brackets nest ``MAX_DEPTH + 1`` deep: the innermost arrays and
+    objects are at depth ``MAX_DEPTH``, so they must be empty."""
+    level: list[Any] = [doc]
+    for _ in range(MAX_DEPTH):
+        level = [item for value in level
+                 for item in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(item, (dict, list))]  # fmt: skip
+    if any(level):
         raise TelemetryMessageError(f"payload nests deeper than {MAX_DEPTH} levels")
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_depth(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_depth(item, depth + 1)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+# --- fields ---------------------------------------------------------------------------------------
+# Straight-line checks: these run for every message the monitor receives.
+
+_MAX_EXACT_INT = 2**53
+_isfinite = math.isfinite
+
+
+def _wrong(key: str, what: str) -> TelemetryMessageError:
+    return TelemetryMessageError(f"{key} must be {what}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_string(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_STRING
 
 
 def _is_number(value: Any) -> bool:
-    # An int too large for a float is refused here: math.isfinite would raise OverflowError.
-    if _is_int(value):
-        return bool(abs(value) <= 2**53)
-    return isinstance(value, float) and math.isfinite(value)
+    if isinstance(value, float):
+        return _isfinite(value)
+    # an int too large for a float is refused: math.isfinite would raise OverflowError
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT)  # fmt: skip
 
 
-def _field(doc: Mapping[str, Any], key: str, check: Callable[[Any], bool], what: str,
-           optional: bool = False) -> Any:  # fmt: skip
-    value = doc.get(key)
-    if value is None and optional:
-        return None
-    if not check(value):
-        raise TelemetryMessageError(f"{key} must be {what}")
-    return value
-
-
-def _count(value: Any) -> bool:
-    return _is_int(value) and value >= 0
-
-
-def _string(value: Any) -> bool:
-    return isinstance(value, str) and len(value) <= 256
+def _numbers(values: Iterable[Any]) -> bool:
+    """Whether each of ``values`` is a number or None."""
+    for value in values:
+        if isinstance(value, float):
+            if not _isfinite(value):
+                return False
+        elif value is not None and not _is_number(value):
+            return False
+    return True
 
 
 def _check_status(doc: Mapping[str, Any]) -> None:
-    state = _field(doc, "state", lambda v: v in ("online", "offline"), "'online' or 'offline'")
+    state = doc.get("state")
+    if state not in ("online", "offline"):
+        raise _wrong("state", "'online' or 'offline'")
     if state == "offline":
         return
-    _field(doc, "runtime_version", _string, "a string")
-    models = _field(doc, "models", lambda v: isinstance(v, list) and len(v) <= MAX_MODELS,
-                    f"a list of at most {MAX_MODELS} models")  # fmt: skip
+    if not _is_string(doc.get("runtime_version")):
+        raise _wrong("runtime_version", "a string")
+    models = doc.get("models")
+    if not isinstance(models, list) or len(models) > MAX_MODELS:
+        raise _wrong("models", f"a list of at most {MAX_MODELS} models")
     for model in models:
         if not isinstance(model, dict):
             raise TelemetryMessageError("models[] entries must be objects")
-        _field(model, "name", _string, "a string")
-        _field(model, "version", _string, "a string")
-        _field(model, "sequence", _count, "a non-negative integer")
-        _field(model, "digest", _string, "a string")
-
-
-def _check_latency(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        value.get(k) is None or _is_number(value.get(k)) for k in ("p50", "p95", "p99", "max")
-    )
-
-
-def _check_drift(value: Any) -> bool:
-    if not isinstance(value, dict) or len(value) > MAX_FEATURES:
-        return False
-    return all(
-        isinstance(scores, dict)
-        and all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in scores.items())
-        for scores in value.values()
-    )
+        for key in ("name", "version"):
+            if not _is_string(model.get(key)):
+                raise _wrong(key, "a string")
+        if not _is_count(model.get("sequence")):
+            raise _wrong("sequence", "a non-negative integer")
+        if not _is_string(model.get("digest")):
+            raise _wrong("digest", "a string")
 
 
 def _check_telemetry(doc: Mapping[str, Any]) -> None:
-    _field(doc, "window_s", lambda v: _is_number(v) and v >= 0, "a non-negative number")
-    models = _field(doc, "models", lambda v: isinstance(v, dict) and len(v) <= MAX_MODELS,
-                    f"an object of at most {MAX_MODELS} models")  # fmt: skip
+    window_s: Any = doc.get("window_s")
+    if not _is_number(window_s) or window_s < 0:
+        raise _wrong("window_s", "a non-negative number")
+    models = doc.get("models")
+    if not isinstance(models, dict) or len(models) > MAX_MODELS:
+        raise _wrong("models", f"an object of at most {MAX_MODELS} models")
     for name, model in models.items():
         if not isinstance(model, dict):
             raise TelemetryMessageError(f"models.{name} must be an object")
-        _field(model, "version", _string, "a string")
-        for key in ("requests", "errors", "rejected"):
-            _field(model, key, _count, "a non-negative integer")
-        _field(model, "latency_ms", _check_latency, "an object of numbers p50/p95/p99/max")
-        _field(model, "predictions", lambda v: isinstance(v, dict), "an object", optional=True)
-        _field(model, "drift", _check_drift, "an object of feature → scores", optional=True)
-        _field(model, "feedback", lambda v: isinstance(v, dict), "an object", optional=True)
-    system = _field(doc, "system", lambda v: isinstance(v, dict), "an object", optional=True)
+        _check_window(model)
+    system = doc.get("system")
+    if system is not None and not isinstance(system, dict):
+        raise _wrong("system", "an object")
     if system:
         for key in ("rss_mb", "cpu_percent"):
-            _field(system, key, _is_number, "a number", optional=True)
+            value = system.get(key)
+            if value is not None and not _is_number(value):
+                raise _wrong(key, "a number")
+
+
+def _check_window(model: Mapping[str, Any]) -> None:
+    """One model's entry of a telemetry message."""
+    if not _is_string(model.get("version")):
+        raise _wrong("version", "a string")
+    for key in ("requests", "errors", "rejected"):
+        if not _is_count(model.get(key)):
+            raise _wrong(key, "a non-negative integer")
+    latency = model.get("latency_ms")
+    if not isinstance(latency, dict) or not _numbers(
+        (latency.get("p50"), latency.get("p95"), latency.get("p99"), latency.get("max"))
+    ):
+        raise _wrong("latency_ms", "an object of numbers p50/p95/p99/max")
+    _optional_object(model, "predictions")
+    drift = model.get("drift")
+    if drift is not None and not _is_drift(drift):
+        raise _wrong("drift", "an object of feature → scores")
+    _optional_object(model, "feedback")
+
+
+def _optional_object(doc: Mapping[str, Any], key: str) -> None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise _wrong(key, "an object")
+
+
+def _is_drift(value: Any) -> bool:
+    # feature and metric names are keys of a JSON object: strings
+    if not isinstance(value, dict) or len(value) > MAX_FEATURES:
+        return False
+    for scores in value.values():
+        if not isinstance(scores, dict) or not _numbers(scores.values()):
+            return False
+    return True
 
 
 def _check_event(doc: Mapping[str, Any]) -> None:
-    kinds = f"one of {', '.join(sorted(EVENT_KINDS))}"
-    _field(doc, "event", lambda v: isinstance(v, str) and v in EVENT_KINDS, kinds)
-    _field(doc, "model", _string, "a string", optional=True)
-    _field(doc, "detail", lambda v: isinstance(v, dict), "an object", optional=True)
-
-
-_CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
-    "status": _check_status,
-    "telemetry": _check_telemetry,
-    "events": _check_event,
-}
+    event = doc.get("event")
+    if not isinstance(event, str) or event not in EVENT_KINDS:
+        raise _wrong("event", f"one of {', '.join(sorted(EVENT_KINDS))}")
+    model = doc.get("model")
+    if model is not None and not _is_string(model):
+        raise _wrong("model", "a string")
+    _optional_object(doc, "detail")

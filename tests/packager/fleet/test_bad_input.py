@@ -50,6 +50,7 @@ BAD = [
         _model(predictions={"a": {"b": {"c": {"d": {"e": {"f": {}}}}}}}),
         "malformed",
     ),
+    ("depth bomb", TOPIC, b"[" * 100_000 + b"]" * 100_000, "malformed"),
     ("oversized", TOPIC, b" " * (MAX_MESSAGE_BYTES + 1), "oversized"),
     ("unknown schema version", TOPIC, _doc(schema="edgeship.telemetry/v2"), "schema"),
     (

@@ -191,3 +191,17 @@ def test_a_newer_schema_is_refused(store_url: str) -> None:
             conn.execute("UPDATE fleet_meta SET value = '99'")
     with pytest.raises(FleetStoreError, match="schema version 99"):
         open_store(store_url)
+
+
+def test_sqlite_keeps_its_indexes_cached_and_checkpoints_seldom(tmp_path: Path) -> None:
+    from packager.fleet.sqlite_store import CACHE_KIB, CHECKPOINT_PAGES, SqliteStore
+
+    store = open_store(f"sqlite:///{tmp_path / 'fleet.db'}")
+    assert isinstance(store, SqliteStore)
+    conn = store._conn()
+    assert conn.execute("PRAGMA cache_size").fetchone() == (-CACHE_KIB,)
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (CHECKPOINT_PAGES,)
+    # still durable at every commit
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.close()
