@@ -5,8 +5,8 @@ so the counting does the least that keeps every count exact and lets go of the r
 at once (holding them for later costs a request more than counting it now): a few integer
 updates; the latency and the predicted labels appended to buffers that are folded into a
 :class:`~runtime.telemetry.sampling.LogHistogram` and the class counts every ``FOLD`` requests;
-and, for the input rows the drift sample picks, a copy into tables allocated once. Values needed
-whole are bounded by :class:`WindowLimits` and kept as uniform samples past the bound.
+and a copy of the inputs only for the requests the drift sample picks. Values needed whole are
+bounded by :class:`WindowLimits` and kept as uniform samples past the bound.
 :meth:`ModelWindow.report` turns it into the per-model part of a telemetry message
 (docs/telemetry.md), off the request path.
 """
@@ -17,13 +17,13 @@ import random
 from array import array
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from runtime.service import FeedbackRecord, Observation
 from runtime.telemetry.drift import FeatureBaseline, drift_scores
-from runtime.telemetry.sampling import LogHistogram, Reservoir, RowSample
+from runtime.telemetry.sampling import LogHistogram, Reservoir
 
 QUANTILES = (5, 25, 50, 75, 95)
 OTHER = "_other"
@@ -39,9 +39,10 @@ MAX_LABELS = 65_536
 class WindowLimits:
     """What one model's window may hold; counts are exact whatever these say."""
 
+    drift_requests: int = 1_024
+    """Requests whose inputs are kept (copied) for drift."""
     drift_rows: int = 8_192
-    """Input rows kept for drift (a uniform sample of the window's rows; fewer for inputs wider
-    than :data:`~runtime.telemetry.sampling.MAX_SAMPLE_CELLS` allows)."""
+    """Rows drift is computed over when the window closes (drawn uniformly from those kept)."""
     prediction_samples: int = 4_096
     """Regression outputs (one array per request) kept for quantiles."""
     classes: int = 256
@@ -51,6 +52,7 @@ class WindowLimits:
 
     def __post_init__(self) -> None:
         values = (
+            self.drift_requests,
             self.drift_rows,
             self.prediction_samples,
             self.classes,
@@ -67,12 +69,17 @@ def _bump(counts: dict[Any, int], key: Any, by: int, cap: int) -> None:
         counts[OTHER] = counts.get(OTHER, 0) + by
 
 
+def _copy(feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {
+        name: value.copy() if isinstance(value, np.ndarray) else np.array(value)
+        for name, value in feeds.items()
+    }
+
+
 class ModelWindow:
     """Aggregates of one model version. Not thread-safe: the collector's lock guards it."""
 
     __slots__ = (
-        "_rng",
-        "_thin",
         "abs_error",
         "buffer",
         "classes",
@@ -97,16 +104,10 @@ class ModelWindow:
     )
 
     def __init__(
-        self,
-        version: str,
-        limits: WindowLimits,
-        rng: random.Random,
-        expected: int = 0,
-        expected_rows: int = 0,
+        self, version: str, limits: WindowLimits, rng: random.Random, expected: int = 0
     ) -> None:
-        """``expected`` served requests and ``expected_rows`` rows in this window (the last
-        window's counts) let the samples thin the stream to about twice their size before
-        sampling it."""
+        """``expected`` served requests in this window (the last window's count) lets the
+        samples thin the stream to about twice their size before sampling it."""
         self.version = version
         self.limits = limits
         self.requests = self.rows = self.errors = 0
@@ -122,10 +123,8 @@ class ModelWindow:
         thin = max(1, expected // (2 * limits.prediction_samples))
         self.values: Reservoir[np.ndarray] = Reservoir(limits.prediction_samples, rng, thin)
         self.value_rows = 0
-        self._rng = rng
-        self._thin = max(1, expected_rows // (2 * limits.drift_rows))
-        self.inputs: Optional[RowSample] = None
-        """Made at the first request, shaped like its inputs."""
+        thin = max(1, expected // (2 * limits.drift_requests))
+        self.inputs: Reservoir[dict[str, np.ndarray]] = Reservoir(limits.drift_requests, rng, thin)
         self.feedback_task: Optional[str] = None
         self.feedback_rows = self.correct = 0
         self.abs_error = self.squared_error = 0.0
@@ -149,14 +148,9 @@ class ModelWindow:
         feeds = o.feeds
         if feeds is not None:
             sample = self.inputs
-            if sample is None:
-                sample = self.inputs = RowSample.like(
-                    feeds, self.limits.drift_rows, self._rng, self._thin
-                )
-            rows = o.rows
-            sample.seen += rows
+            sample.seen += 1
             if sample.seen >= sample.next:
-                sample.take(feeds, rows)
+                sample.candidate(lambda: _copy(feeds))
 
     def refused_or_failed(self, o: Observation) -> None:
         """Count a request the model refused or failed on."""
@@ -207,7 +201,9 @@ class ModelWindow:
 
     # --- the report ---------------------------------------------------------------------------
 
-    def report(self, found: Sequence[FeatureBaseline], sample_inputs: int = 0) -> dict[str, Any]:
+    def report(
+        self, found: Sequence[FeatureBaseline], rng: random.Random, sample_inputs: int = 0
+    ) -> dict[str, Any]:
         """The per-model document of docs/telemetry.md. ``sample_inputs`` raw rows per input are
         included only when asked for (0: none)."""
         doc: dict[str, Any] = {
@@ -225,7 +221,7 @@ class ModelWindow:
             "latency_ms": self._latency(),
             "predictions": self._predictions(),
         }
-        tables = self.inputs.sampled() if self.inputs is not None else {}
+        tables = _tables(self.inputs.items, self.limits.drift_rows, rng)
         scores = drift_scores(found, tables)
         doc["drift"] = {feature: score.to_dict() for feature, score in scores.items()}
         doc["drift_rows"] = max((score.n for score in scores.values()), default=0)
@@ -277,3 +273,25 @@ class ModelWindow:
         if self.feedback_task == "regression":
             return {"count": n, "mae": self.abs_error / n, "rmse": (self.squared_error / n) ** 0.5}
         return {"count": n, "accuracy": self.correct / n}
+
+
+def _tables(
+    sampled: Sequence[Mapping[str, np.ndarray]], max_rows: int, rng: random.Random
+) -> dict[str, np.ndarray]:
+    """The sampled requests' inputs as one float64 table (rows by columns) per input name.
+    Inputs that are not 1-D or 2-D numbers, or change width between requests, are left out."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for feeds in sampled:
+        for name, value in feeds.items():
+            if value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
+                continue
+            table = value.reshape(value.shape[0], -1) if value.ndim == 2 else value.reshape(-1, 1)
+            parts.setdefault(name, []).append(table)
+    tables = {}
+    for name, arrays in parts.items():
+        width = arrays[0].shape[1]
+        table = np.concatenate([a for a in arrays if a.shape[1] == width]).astype(np.float64)
+        if table.shape[0] > max_rows:
+            table = table[sorted(rng.sample(range(table.shape[0]), max_rows))]
+        tables[name] = table
+    return tables

@@ -2,8 +2,7 @@
 
 A window keeps every count exactly, but values it needs whole (regression outputs for quantiles,
 inputs for drift) only up to a bound; past it, a :class:`Reservoir` keeps a uniform random
-sample of everything offered, and a :class:`RowSample` a uniform sample of input rows in tables
-allocated once. Latencies go into a :class:`LogHistogram` instead: every request
+sample of everything offered. Latencies go into a :class:`LogHistogram` instead: every request
 counts, in fixed memory, and a percentile is off by at most half a bucket (1 %).
 """
 
@@ -11,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable, Generic, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Callable, Generic, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -44,7 +43,6 @@ class Reservoir(Generic[T]):
         "_log_skip",
         "_rng",
         "_w",
-        "filled",
         "items",
         "next",
         "seen",
@@ -56,8 +54,6 @@ class Reservoir(Generic[T]):
         self._k, self._rng = k, rng
         self._log_skip = math.log1p(-1.0 / thin) if thin > 1 else 0.0
         self.items: list[T] = []
-        self.filled = 0
-        """Slots holding an item (``len(items)`` for a reservoir of items)."""
         self.seen = 0
         """Items offered so far."""
         self.next = 1
@@ -79,128 +75,27 @@ class Reservoir(Generic[T]):
     def candidate(self, make: Callable[[], T]) -> None:
         """The item offered last is a candidate (call it only when ``seen >= next``); ``make``
         builds what is stored, and is called only if it is kept."""
-        slot = self.slot(self.seen)
-        if slot is None:
-            return
-        if slot == len(self.items):
-            self.items.append(make())
-        else:
-            self.items[slot] = make()
-
-    def slot(self, position: int) -> Optional[int]:
-        """The item at ``position`` (1-based, ``== next``) is a candidate: the slot (0 to k-1)
-        it is kept in, replacing what was there, or None when it is not kept. Slots fill in
-        order, so ``filled`` of them hold items."""
-        self.next = position + self._geometric(self._log_skip)
+        self.next = self.seen + self._geometric(self._log_skip)
         self._candidates += 1
         if self._candidates < self._keep_at:
-            return None
+            return
         k = self._k
-        if self.filled < k:
-            slot = self.filled
-            self.filled += 1
-            if self.filled < k:
+        if len(self.items) < k:
+            self.items.append(make())
+            if len(self.items) < k:
                 self._keep_at += 1
-                return slot
+                return
         else:
-            slot = self._rng.randrange(k)
+            self.items[self._rng.randrange(k)] = make()
             self._w *= math.exp(math.log(self._uniform()) / k)
         gap = 1 if self._w >= 1.0 else self._geometric(math.log1p(-self._w))
         self._keep_at = self._candidates + gap
-        return slot
 
     def offer(self, item: T) -> None:
         """Offer one item (the inlined hot path above, as a method)."""
         self.seen += 1
         if self.seen >= self.next:
             self.candidate(lambda: item)
-
-
-MAX_SAMPLE_CELLS = 1 << 20
-"""Most values a :class:`RowSample` holds (rows times the columns of all its inputs): 4 MB of
-float32 inputs. Wide inputs get fewer rows."""
-
-
-class RowSample(Reservoir[None]):
-    """A uniform random sample of the rows of the requests offered, for their 1-D and 2-D
-    numeric inputs, written into one table per input allocated when the sample is made.
-
-    A kept row is copied into its slot of each table: the request path allocates nothing, and
-    nothing it allocated is held (thousands of small long-lived copies among a request's
-    short-lived arrays slowed every request). Inputs that are not 1-D or 2-D numbers are not
-    sampled; an input whose width, dtype or row count changes from the first request's is
-    dropped from the sample. Rows are offered a request at a time, inlined by callers::
-
-        s.seen += rows
-        if s.seen >= s.next:
-            s.take(feeds, rows)
-    """
-
-    __slots__ = ("tables",)
-
-    def __init__(self, tables: dict[str, Optional[np.ndarray]], rng: random.Random, thin: int = 1):
-        rows = min((t.shape[0] for t in tables.values() if t is not None), default=1)
-        super().__init__(max(1, rows), rng, thin)
-        self.tables = tables
-        """Input name → its table (rows by columns), or None once the input is dropped."""
-
-    @classmethod
-    def like(
-        cls,
-        feeds: Mapping[str, Any],
-        rows: int,
-        rng: random.Random,
-        thin: int = 1,
-        max_cells: int = MAX_SAMPLE_CELLS,
-    ) -> RowSample:
-        """A sample of at most ``rows`` rows (fewer when the inputs are wide) for requests
-        shaped like ``feeds``."""
-        shapes = {}
-        for name, value in feeds.items():
-            numeric = isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
-            if numeric and value.ndim in (1, 2):
-                shapes[name] = (1 if value.ndim == 1 else value.shape[1], value.dtype)
-        width = sum(w for w, _ in shapes.values())
-        rows = max(1, min(rows, max_cells // max(1, width)))
-        tables: dict[str, Optional[np.ndarray]] = {
-            name: np.empty((rows, w), dtype=np.float32 if dt == np.float32 else np.float64)
-            for name, (w, dt) in shapes.items()
-        }
-        return cls(tables, rng, thin)
-
-    def take(self, feeds: Mapping[str, Any], rows: int) -> None:
-        """The request just counted into ``seen`` (``rows`` rows) holds candidates: keep them."""
-        first = self.seen - rows  # rows of this request are positions first+1 .. seen
-        while self.next <= self.seen:
-            row = self.next - first - 1
-            slot = self.slot(self.next)
-            if slot is not None:
-                self._write(feeds, row, slot)
-
-    def _write(self, feeds: Mapping[str, Any], row: int, slot: int) -> None:
-        tables = self.tables
-        for name, table in tables.items():
-            if table is None:
-                continue
-            value = feeds.get(name)
-            if (
-                not isinstance(value, np.ndarray)
-                or value.ndim not in (1, 2)
-                or row >= value.shape[0]
-                or (value.shape[1] if value.ndim == 2 else 1) != table.shape[1]
-                or value.dtype.kind not in "biuf"
-            ):
-                tables[name] = None
-                continue
-            table[slot] = value[row]
-
-    def sampled(self) -> dict[str, np.ndarray]:
-        """The kept rows of every input still sampled, as float64 tables (rows by columns)."""
-        return {
-            name: table[: self.filled].astype(np.float64)
-            for name, table in self.tables.items()
-            if table is not None and self.filled
-        }
 
 
 class LogHistogram:

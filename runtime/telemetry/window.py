@@ -81,9 +81,8 @@ class WindowCollector:
         self._current: dict[str, ModelWindow] = {}
         """Model name → the window of the version seen last (the request path's lookup)."""
         self._models: dict[tuple[str, str], ModelWindow] = {}
-        self._last: dict[str, tuple[int, int]] = {}
-        """Model name → requests and rows it served in the last window (sizes the samples'
-        thinning)."""
+        self._last: dict[str, int] = {}
+        """Model name → requests it served in the last window (sizes the samples' thinning)."""
         self._opened = clock()
         self._faults = 0
 
@@ -124,8 +123,8 @@ class WindowCollector:
     def _window(self, name: str, version: str) -> ModelWindow:
         window = self._models.get((name, version))
         if window is None:
-            requests, rows = self._last.get(name, (0, 0))
-            window = ModelWindow(version, self.limits, self._random, requests, rows)
+            expected = self._last.get(name, 0)
+            window = ModelWindow(version, self.limits, self._random, expected)
             self._models[(name, version)] = window
         self._current[name] = window
         return window
@@ -148,14 +147,13 @@ class WindowCollector:
             window_s = max(0.0, self._opened - opened)
             self._last = {}
             for (name, _), w in models.items():
-                requests, rows = self._last.get(name, (0, 0))
-                self._last[name] = (requests + w.requests, rows + w.rows)
+                self._last[name] = self._last.get(name, 0) + w.requests
         for name, version in idle:
             if all(n != name for n, _ in models):
                 models[(name, version)] = ModelWindow(version, self.limits, self._random)
         layers: list[list[ModelReport]] = []
         for (name, version), w in models.items():
-            doc = w.report(baselines(name, version), self.sample_inputs)
+            doc = w.report(baselines(name, version), self._random, self.sample_inputs)
             report = ModelReport(name, doc, w.errors, w.last_error)
             layer = next((lay for lay in layers if all(r.name != name for r in lay)), None)
             if layer is None:
