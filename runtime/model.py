@@ -42,8 +42,7 @@ class Prediction:
         inputs: Optional[Mapping[str, np.ndarray]] = None,
         checker: Optional[RangeChecker] = None,
     ) -> None:
-        if ranges is None and (inputs is None or checker is None):
-            raise ValueError("a prediction checked on read needs its inputs and checker")
+        """``ranges`` None: checked by ``checker`` on ``inputs`` when first read."""
         self.outputs = outputs
         self.classes = classes
         self.inputs = inputs
@@ -86,6 +85,8 @@ class LoadedModel:
         self.checker = InputChecker(manifest.model.inputs, limits)
         self._check_signature()
         self.ranges = RangeChecker.from_manifest(manifest)
+        self._reject = self.ranges.reject
+        self._labels = manifest.model.labels
 
     @classmethod
     def open(cls, folder: Path, limits: InputLimits = DEFAULT_INPUT_LIMITS) -> LoadedModel:
@@ -113,11 +114,7 @@ class LoadedModel:
         read). Raises InputError (also for out-of-range values when the bundle's policy rejects
         them, checked before the model runs) or ModelError."""
         checked = self.checker.check(feeds)
-        ranges = self.ranges
-        if ranges.reject:
-            report = ranges.check(checked)
-            outputs = self.backend.run(checked)
-            return Prediction(outputs, self.manifest.model.labels, report, checked)
-        return Prediction(
-            self.backend.run(checked), self.manifest.model.labels, None, checked, ranges
-        )
+        if self._reject:
+            report = self.ranges.check(checked)
+            return Prediction(self.backend.run(checked), self._labels, report, checked)
+        return Prediction(self.backend.run(checked), self._labels, None, checked, self.ranges)
