@@ -18,6 +18,7 @@ prepares whatever is missing, and raises :class:`EmulationRequired` when it cann
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -190,7 +191,7 @@ class ArmDevices:
 
         if profile.arch not in self._devices:
             try:
-                self._devices[profile.arch] = self._prepare(profile.arch)
+                self._devices[profile.arch] = self._prepare(profile)
             except EmulationError as e:
                 self._devices[profile.arch] = self._not_measured(profile, e)
         device = self._devices[profile.arch]
@@ -203,7 +204,7 @@ class ArmDevices:
         except (EmulationError, OSError) as e:  # OSError: the device's work folder
             return self._not_measured(profile, e)
 
-    def _prepare(self, arch: str) -> Union[Arm64Device, str]:
+    def _prepare(self, profile: Profile) -> Union[Arm64Device, str]:
         if self._emulate == "off":
             return f"{NOT_MEASURED}: --emulate off"
         try:
@@ -213,7 +214,9 @@ class ArmDevices:
             if self._emulate == "on":
                 raise EmulationRequired(f"--emulate on: {why}") from e
             return self._skip(why)
-        config = EmulationConfig.armv7() if arch == "armv7" else EmulationConfig()
+        config = EmulationConfig.armv7() if profile.arch == "armv7" else EmulationConfig()
+        # mounted with the first profile's core; later profiles switch cores per run
+        config = dataclasses.replace(config, cpu=core_for(profile))
         if self._emulate == "auto":
             why = _not_ready(config)
             if why:

@@ -404,7 +404,7 @@ def _candidate(
 def _where(profile: Profile) -> str:
     here = host_arch()
     threads = host_threads(profile.threads)
-    note = "" if profile.arch == here else f", not on a {profile.arch} device nor under emulation"
+    note = "" if profile.arch == here else f", not on an {profile.arch} device nor under emulation"
     return f"this {here} host ({platform.machine()}), {threads} thread(s), batch 1{note}"
 
 

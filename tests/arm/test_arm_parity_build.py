@@ -113,7 +113,7 @@ def test_auto_build_gates_every_candidate_on_the_profiles_emulated_core(
     chosen = next(c for c in ok if c["verdict"] == "chosen")
     assert chosen["mode"] == result.manifest.quantization["mode"]
     assert chosen["arm"]["loss"] <= BUDGET
-    assert "not on a aarch64 device nor under emulation" in result.to_dict()["latency_measured_on"]
+    assert "not on an aarch64 device nor under emulation" in result.to_dict()["latency_measured_on"]
 
 
 def test_reproducible_build_with_arm_parity_is_byte_identical(

@@ -492,7 +492,7 @@ def test_json_output_carries_the_candidates(keys, iris, tmp_path):
     assert {c["mode"] for c in pi4["candidates"]} == {"none", "dynamic", "static"}  # no fp16
     assert x86["metrics"]["gate"]["passed"] is True
     # ARM profiles are timed on this host, and say so
-    assert ("not on a aarch64 device" in pi4["latency_measured_on"]) == (
+    assert ("not on an aarch64 device" in pi4["latency_measured_on"]) == (
         devices.host_arch() != "aarch64"
     )
 

@@ -150,7 +150,7 @@ def test_profiles_of_the_hosts_arch_are_not_sent_to_the_arm_device(gate_parts):
 
 REPORT = {
     "measure": "accuracy drop",
-    "latency_measured_on": "this x86_64 host (x86_64), 4 thread(s), batch 1, not on a aarch64 "
+    "latency_measured_on": "this x86_64 host (x86_64), 4 thread(s), batch 1, not on an aarch64 "
     "device nor under emulation",
     "candidates": [
         {
@@ -186,7 +186,7 @@ def test_the_table_shows_arm_numbers_and_where_each_was_measured():
     lines = table_lines("raspberry-pi-4", REPORT)
     assert lines[0] == (
         "raspberry-pi-4: loss = accuracy drop; latency on this x86_64 host (x86_64), 4 thread(s), "
-        "batch 1, not on a aarch64 device nor under emulation"
+        "batch 1, not on an aarch64 device nor under emulation"
     )
     assert lines[1] == f"raspberry-pi-4: ARM parity on {A72}, 597 rows"
     assert lines[2].split() == [
