@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from math import isfinite
 from pathlib import Path
 from typing import Any, Mapping, NoReturn, Optional, Sequence
@@ -154,10 +153,12 @@ def _convert(array: np.ndarray, want: np.dtype, spec: TensorSpec) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         converted = array.astype(want)
     if want.kind == "f":
-        finite = array.dtype.kind != "f" or bool(np.isfinite(array).all())
-        lost = finite and not _all_finite(converted)
+        # infinity after the cast is a loss only where the request itself was finite
+        lost = not _all_finite(converted) and (
+            array.dtype.kind != "f" or bool(np.isfinite(array).all())
+        )
     else:
-        lost = want.kind in "iu" and not np.array_equal(converted, array)
+        lost = not np.can_cast(array.dtype, want) and not np.array_equal(converted, array)
     if lost:
         raise InputError(
             f"{spec.name}: a value of this {array.dtype} request is beyond the range of "
@@ -186,33 +187,25 @@ class _Plan:
 
 
 _FLOAT32 = np.dtype(np.float32)
-
-
-# The dot product below overflows float32 for finite values above 1.8e19, which numpy reports as
-# a RuntimeWarning; that case is answered exactly by the fallback, so the warning says nothing.
-# The filter matches only this module's own dot products.
-warnings.filterwarnings(
-    "ignore", message="overflow encountered in dot", category=RuntimeWarning, module=__name__
-)
+_FLOAT64 = np.dtype(np.float64)
 
 
 def _all_finite(array: np.ndarray) -> bool:
     """True when no element of a floating-point ``array`` is NaN or infinite.
 
     float32, the common case, takes one BLAS dot instead of ``isfinite(...).all()`` (a fraction of
-    the cost on small requests): the sum of squares is finite when every element is, and NaN or
-    infinite when one is not (NaN and infinity propagate without a floating-point flag). A sum
-    that overflows (finite values above 1.8e19) is not finite either: such arrays, and any dot
-    that warns (where warnings are errors; a signalling NaN also warns once), get the exact
-    element-wise answer.
+    the cost on small requests): the sum of squares, taken in float64, is finite exactly when
+    every element is, and float32 squares can neither overflow nor underflow float64, so no
+    floating-point flag is raised (a float32 dot would overflow above 1.8e19 and warn). Only a
+    signalling NaN raises a flag (in the cast): numpy then warns once, or raises where warnings
+    are errors, and either way the array is not finite.
     """
     if array.dtype is _FLOAT32:
-        flat = array.ravel()
         try:
-            if isfinite(flat.dot(flat)):
-                return True
+            flat = array.ravel().astype(_FLOAT64)
         except (RuntimeWarning, FloatingPointError):
-            pass
+            return False
+        return isfinite(flat.dot(flat))
     return bool(np.isfinite(array).all())
 
 
