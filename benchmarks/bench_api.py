@@ -1,4 +1,4 @@
-"""The local inference API and the agent against in-process and bare onnxruntime (issue 4).
+"""The local inference API and the agent against in-process and bare onnxruntime.
 
 The digits MLP of ``bench_predict`` is built into a bundle and installed in a throw-away store;
 a real ``edgeship-device agent`` process serves it. Three measurements:

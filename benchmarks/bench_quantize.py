@@ -3,7 +3,7 @@ drop, for a small conv net trained here on scikit-learn's 8x8 digits and for an 
 
 Both models go through the real ``edgeship build`` (``--quantize auto`` with ``--validation`` and
 ``--labels``) for the ``x86_64-generic`` profile; the numbers are the build's own candidates
-table, so "what auto picks" is what a user would ship. Goals (issue 3): conv net static int8 size
+table, so "what auto picks" is what a user would ship. Goals: conv net static int8 size
 <= 0.30x float32; whatever auto picks never slower than float32 (within the build's 5% noise
 margin, ``packager.choice.NOISE_MARGIN``); accuracy drop <= 1 point.
 

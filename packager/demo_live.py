@@ -111,6 +111,8 @@ def run_live(workdir: Path, home: Path, model: str, rows: np.ndarray, say: Say) 
         monitor_argv = [python, "-m", "packager.cli", "fleet", "monitor", "--broker", url,
                         "--db", db]  # fmt: skip
         with _process(monitor_argv, live / "monitor.log") as monitor:
+            _wait(lambda: "subscribed to" in (live / "monitor.log").read_text(errors="replace"),
+                  START_TIMEOUT_S, "the fleet monitor", monitor)  # fmt: skip
             say(f"fleet monitor stores telemetry in {db}")
             agent_argv = [
                 python, "-m", "runtime.cli", "agent", "--serve", f"unix:{sock}", "--broker",

@@ -126,6 +126,7 @@ class Monitor:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     # --- public -------------------------------------------------------------------------------
 
@@ -322,6 +323,15 @@ class Monitor:
         self._connected.set()
         log.info("connected to %s as %s (session resumed: %s)", self.broker.describe(),
                  self.broker.client_id, flags.session_present)  # fmt: skip
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        # from here on the broker keeps every device's messages for this session: a script that
+        # starts devices after the monitor waits for this line
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("the broker refused a subscription: %s", ", ".join(refused))
+        else:
+            log.info("subscribed to status, telemetry and events under %s/", self.writer.prefix)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()

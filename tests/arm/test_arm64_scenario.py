@@ -1,5 +1,5 @@
 """Scenario: bundles built on this x86-64 host verify, install and run on an aarch64 device with
-the host's outputs (issue 6; docs/arm64.md).
+the host's outputs (docs/arm64.md).
 
 The device is real emulation, nothing mocked: a Debian bookworm arm64 root under qemu user-mode,
 PyPI's aarch64 wheels of onnxruntime, ai-edge-litert, numpy and cryptography, and the edgeship
@@ -403,6 +403,12 @@ def test_agent_on_arm_reports_to_the_host_monitor(
         stderr=subprocess.PIPE,
         text=True,
     )
+    # the broker keeps messages for the monitor's session only from its subscription on
+    assert monitor.stderr is not None
+    for line in monitor.stderr:
+        if "subscribed to" in line:
+            break
+    assert monitor.poll() is None, "the fleet monitor exited"
     port = free_port()
     device.use_cpu(cpu)
     started = time.monotonic()

@@ -1,1 +1,1 @@
-"""Reliability: crashes, full disks, hostile peers, fuzzing, load (issue 7)."""
+"""Reliability: crashes, full disks, hostile peers, fuzzing, load."""

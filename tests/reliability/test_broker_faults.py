@@ -82,6 +82,11 @@ def test_every_request_is_counted_once_through_broker_kills_and_an_agent_restart
         stdout=monitor_log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
+    # the broker keeps messages for the monitor's session only from its subscription on
+    deadline = time.monotonic() + 30
+    while "subscribed to" not in (tmp_path / "monitor.log").read_text(errors="replace"):
+        assert monitor.poll() is None and time.monotonic() < deadline, "the monitor did not start"
+        time.sleep(0.05)
     telemetry = ["--broker", broker.url(), "--fleet", "lab", "--device-id", "dev-1",
                  "--telemetry-interval", "0.2"]  # fmt: skip
     load = Load()

@@ -1,4 +1,4 @@
-"""A full inbox (issue 7, "Full disk and limits"): ``edgeship push --to DIR`` onto a full card, and
+"""A full inbox: ``edgeship push --to DIR`` onto a full card, and
 a device inbox whose disk is full when it moves a bundle it has handled. Each gives one clear
 error or log line, leaves the right model active, corrupts nothing and does not loop.
 

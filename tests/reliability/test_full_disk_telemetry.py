@@ -1,4 +1,4 @@
-"""The telemetry spool on a full disk (issue 7, "Full disk and limits"): inference goes on, one
+"""The telemetry spool on a full disk: inference goes on, one
 clear log line, no crash, the spool stays a valid SQLite database whose committed rows are kept
 and published once there is room again, and what could not be spooled is counted as dropped.
 

@@ -1,4 +1,4 @@
-"""The local inference API under sustained concurrent load, for a few seconds (issue 7, "Load").
+"""The local inference API under sustained concurrent load, for a few seconds.
 
 A real agent serves a real iris bundle over TCP and a Unix socket; the load generator
 (``tests/reliability/loadgen.py``) sends batch-1 infer requests on both at once from two client
