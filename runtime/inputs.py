@@ -147,25 +147,24 @@ def _castable(src: np.dtype, dst: np.dtype) -> bool:
 
 
 def _convert(array: np.ndarray, want: np.dtype, spec: TensorSpec) -> np.ndarray:
-    """``array`` as ``want`` (a cast ``_castable`` allowed); raises InputError when a value does
-    not fit: a finite number beyond the range of a narrower float, or an integer beyond the
-    range of a narrower integer type (which a plain cast would silently wrap)."""
+    """``array`` as ``want`` (a cast ``_castable`` allowed); raises InputError when an integer is
+    beyond the range of a narrower integer type (which a plain cast would silently wrap). A
+    finite float beyond a narrower float's range becomes infinity here, without a warning;
+    ``InputChecker`` tells it from a request that held infinity when the finiteness check fails."""
     with np.errstate(over="ignore", invalid="ignore"):
         converted = array.astype(want)
-    if want.kind == "f":
-        # infinity after the cast is a loss only where the request itself was finite
-        lost = not _all_finite(converted) and (
-            array.dtype.kind != "f" or bool(np.isfinite(array).all())
-        )
-    else:
-        lost = not np.can_cast(array.dtype, want) and not np.array_equal(converted, array)
-    if lost:
-        raise InputError(
-            f"{spec.name}: a value of this {array.dtype} request is beyond the range of "
-            f"{spec.dtype}, the model's input type",
-            "dtype",
-        )
+    wraps = want.kind in "iu" and not np.can_cast(array.dtype, want)
+    if wraps and not np.array_equal(converted, array):
+        raise _beyond(array, spec)
     return converted
+
+
+def _beyond(array: np.ndarray, spec: TensorSpec) -> InputError:
+    return InputError(
+        f"{spec.name}: a value of this {array.dtype} request is beyond the range of "
+        f"{spec.dtype}, the model's input type",
+        "dtype",
+    )
 
 
 class _Plan:
@@ -249,6 +248,7 @@ class InputChecker:
         spec = plan.spec
         array = value if isinstance(value, np.ndarray) else _to_array(value, spec.name)
         want = plan.dtype
+        source = array
         if array.dtype is not want and array.dtype != want:
             if not _castable(array.dtype, want):
                 raise InputError(f"{spec.name}: expected {spec.dtype}, got {array.dtype}", "dtype")
@@ -271,6 +271,8 @@ class InputChecker:
         if shape and shape[0] > self._max_rows:
             raise InputError(f"{spec.name}: batch of {shape[0]} > {self._max_rows}", "batch")
         if plan.floating and not _all_finite(array):
+            if source is not array and bool(np.isfinite(source).all()):
+                raise _beyond(source, spec)  # finite in the request, infinite after the cast
             raise InputError(f"{spec.name}: contains NaN or infinity", "non-finite")
         return array
 
