@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from runtime.backends.base import Arrays, Backend
+from runtime.backends.base import Arrays, Backend, keyed_by
 from runtime.errors import BackendUnavailableError, ModelError
 from runtime.manifest import TensorSpec
 
@@ -55,11 +55,12 @@ class OnnxBackend(Backend):
         self._inputs = tuple(spec_from_ort(a) for a in self._session.get_inputs())
         self._outputs = tuple(spec_from_ort(a) for a in self._session.get_outputs())
         self._output_names = [o.name for o in self._outputs]
+        self._keyed = keyed_by(self._output_names)
         # The session's own ``run`` re-validates the feed names and dtypes in Python before
         # calling the C++ session; InputChecker has already done exactly that, so call the C++
         # session directly when this onnxruntime exposes it (every release since 1.0 does).
         inner = getattr(self._session, "_sess", None)
-        self._call = inner.run if inner is not None and hasattr(inner, "run") else None
+        self._call = inner.run if inner is not None and hasattr(inner, "run") else self._public_run
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -69,11 +70,12 @@ class OnnxBackend(Backend):
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self._outputs
 
+    def _public_run(self, names: list[str], feeds: Arrays, options: None) -> list[Any]:
+        results: list[Any] = self._session.run(names, feeds, options)
+        return results
+
     def _run(self, feeds: Arrays) -> dict[str, np.ndarray]:
         # onnxruntime takes a dict: copy only what is not one already (the input checker's is)
-        feed = feeds if type(feeds) is dict else dict(feeds)
-        if self._call is not None:
-            results = self._call(self._output_names, feed, None)
-        else:
-            results = self._session.run(self._output_names, feed)
-        return dict(zip(self._output_names, results))
+        if type(feeds) is not dict:
+            feeds = dict(feeds)
+        return self._keyed(self._call(self._output_names, feeds, None))
