@@ -18,7 +18,7 @@ from runtime.errors import ModelError
 from runtime.inputs import InputChecker
 from runtime.limits import DEFAULT_INPUT_LIMITS, InputLimits
 from runtime.manifest import Manifest
-from runtime.ranges import IN_RANGE, RangeChecker, RangeReport
+from runtime.ranges import RangeChecker, RangeReport
 from runtime.verify import MANIFEST_MEMBER, parse_manifest
 
 
@@ -30,34 +30,36 @@ class Prediction:
     pays nothing for it. The CLI, the local API and the agent read it at once; a caller that
     reuses its input buffers should read it before changing them in place. A bundle whose policy
     rejects out-of-range inputs is checked before the model runs.
+
+    Made by :meth:`LoadedModel.predict`; it holds three references, so that making one costs
+    little next to the model run.
     """
 
-    __slots__ = ("_checker", "_ranges", "classes", "inputs", "outputs")
+    __slots__ = ("_model", "_ranges", "inputs", "outputs")
+
+    _ranges: RangeReport
 
     def __init__(
-        self,
-        outputs: dict[str, np.ndarray],
-        classes: Optional[tuple[Any, ...]],
-        ranges: Optional[RangeReport] = IN_RANGE,
-        inputs: Optional[Mapping[str, np.ndarray]] = None,
-        checker: Optional[RangeChecker] = None,
+        self, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray], model: LoadedModel
     ) -> None:
-        """``ranges`` None: checked by ``checker`` on ``inputs`` when first read."""
         self.outputs = outputs
-        self.classes = classes
         self.inputs = inputs
-        """The arrays the model ran on (after the input checks), when ``predict`` kept them."""
-        self._ranges = ranges
-        self._checker = checker
+        """The arrays the model ran on (after the input checks)."""
+        self._model = model
+
+    @property
+    def classes(self) -> Optional[tuple[Any, ...]]:
+        """The class labels of a classifier's probability columns; None for other models."""
+        return self._model.labels
 
     @property
     def ranges(self) -> RangeReport:
         """The request's values outside the reference ranges (empty when none)."""
-        report = self._ranges
-        if report is None:
-            assert self._checker is not None and self.inputs is not None
-            report = self._ranges = self._checker.check(self.inputs)
-        return report
+        try:
+            return self._ranges
+        except AttributeError:  # not read yet
+            report = self._ranges = self._model.ranges.check(self.inputs)
+            return report
 
     @property
     def out_of_range(self) -> dict[str, int]:
@@ -66,8 +68,9 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"outputs": {k: v.tolist() for k, v in self.outputs.items()}}
-        if self.classes is not None:
-            doc["classes"] = list(self.classes)
+        classes = self.classes
+        if classes is not None:
+            doc["classes"] = list(classes)
         ranges = self.ranges
         if ranges:
             doc["out_of_range"] = ranges.counts
@@ -85,8 +88,9 @@ class LoadedModel:
         self.checker = InputChecker(manifest.model.inputs, limits)
         self._check_signature()
         self.ranges = RangeChecker.from_manifest(manifest)
+        self.labels = manifest.model.labels
+        """The class labels of a classifier's probability columns; None for other models."""
         self._reject = self.ranges.reject
-        self._labels = manifest.model.labels
 
     @classmethod
     def open(cls, folder: Path, limits: InputLimits = DEFAULT_INPUT_LIMITS) -> LoadedModel:
@@ -116,5 +120,7 @@ class LoadedModel:
         checked = self.checker.check(feeds)
         if self._reject:
             report = self.ranges.check(checked)
-            return Prediction(self.backend.run(checked), self._labels, report, checked)
-        return Prediction(self.backend.run(checked), self._labels, None, checked, self.ranges)
+            prediction = Prediction(self.backend.run(checked), checked, self)
+            prediction._ranges = report
+            return prediction
+        return Prediction(self.backend.run(checked), checked, self)

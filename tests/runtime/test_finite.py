@@ -1,7 +1,7 @@
 """The input checker's finiteness check: a NaN or an infinity anywhere in a floating-point request
 is refused with reason ``non-finite``, any finite request passes (the largest values and the
-subnormal ones included), whatever numpy's floating-point error settings, and no finite request
-makes numpy warn."""
+subnormal ones included), whatever numpy's floating-point error settings, and no request makes
+numpy warn."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.errors import InputError
-from runtime.inputs import InputChecker
+from runtime.inputs import InputChecker, _high_byte
 from runtime.manifest import TensorSpec
 
 F32, F64 = np.finfo(np.float32), np.finfo(np.float64)
@@ -73,6 +73,32 @@ def test_finite_extremes_pass_and_any_nan_or_infinity_is_refused(dtype, mode):
             assert not _passes(array)
 
 
+def test_values_on_either_side_of_the_byte_scans_threshold():
+    """2**127 is the smallest float32 whose top byte is 0x7f (the scan then defers to the
+    elementwise check); the float just below it is decided by the scan alone."""
+    for dtype, edge in ((np.float32, 2.0**127), (np.float64, 2.0**1008)):
+        below = np.nextafter(dtype(edge), dtype(0))
+        for value in (below, dtype(edge), -below, -dtype(edge)):
+            assert _passes(np.full((3, 5), value, dtype=dtype)), (dtype, value)
+            poisoned = np.full((3, 5), value, dtype=dtype)
+            poisoned[1, 2] = np.nan
+            assert not _passes(poisoned)
+
+
+@pytest.mark.parametrize("byteorder", ["little", "big"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_high_byte_is_where_the_sign_and_exponent_are(byteorder, dtype):
+    values = np.array([np.inf, -np.inf, np.nan, 1.0, -2.5], dtype=dtype)
+    order = "<" if byteorder == "little" else ">"
+    raw = values.astype(np.dtype(dtype).newbyteorder(order)).tobytes()
+    offset = _high_byte(np.dtype(dtype), byteorder)
+    assert offset is not None
+    high = raw[offset :: np.dtype(dtype).itemsize]
+    assert list(high[:3]) == [0x7F, 0xFF, 0x7F]  # +inf, -inf, numpy's NaN
+    assert high[3] == 0x3F and high[4] == 0xC0
+    assert _high_byte(np.dtype(np.float16), byteorder) is None
+
+
 def test_a_request_too_large_for_the_fast_check_gets_the_same_answers():
     wide = np.full((2, 1 << 16), F32.max, dtype=np.float32)  # 2**17 elements
     assert _passes(wide)
@@ -124,7 +150,7 @@ def test_refusing_infinities_of_both_signs_prints_no_warning():
         """
         import numpy as np
         from runtime.errors import InputError
-        from runtime.inputs import InputChecker
+        from runtime.inputs import InputChecker, _high_byte
         from runtime.manifest import TensorSpec
 
         checker = InputChecker([TensorSpec("x", "float32", (None, 3))])

@@ -12,15 +12,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def quickstart_script() -> str:
+def readme_block(marker: str) -> str:
+    """The bash block that follows ``<!-- marker -->`` in the README."""
     text = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- quickstart -->\s*```bash\n(.*?)```", text, re.S)
-    assert match, "README has no quickstart block"
+    match = re.search(rf"<!-- {marker} -->\s*```bash\n(.*?)```", text, re.S)
+    assert match, f"README has no {marker} block"
     return match.group(1)
 
 
+def quickstart_script() -> str:
+    return readme_block("quickstart")
+
+
 def test_readme_quickstart_runs(tmp_path):
-    script = quickstart_script().replace("/tmp/edgeship-quickstart", str(tmp_path / "qs"))
+    """The quickstart, then the README's Python example in the same shell."""
+    script = quickstart_script() + readme_block("python-api")
+    script = script.replace("/tmp/edgeship-quickstart", str(tmp_path / "qs"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESHIP_")}
     env["VIRTUAL_ENV_DISABLE_PROMPT"] = "1"
     done = subprocess.run(
@@ -33,9 +40,12 @@ def test_readme_quickstart_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rolled digits back from 1.1.0 to 1.0.0" in done.stdout
-    listing = json.loads(done.stdout[done.stdout.rindex("[\n") :])
+    listing = json.loads(done.stdout[done.stdout.rindex("[\n") : done.stdout.rindex("]\n") + 1])
     assert listing[0]["version"] == "1.0.0" and listing[0]["previous"] == "1.1.0"
     assert (tmp_path / "qs" / "dist" / "churn-1.0.0-aarch64-generic.eship").exists()
+    # the Python example: the digits MLP's two outputs for the three rows, all in range
+    python_lines = done.stdout[done.stdout.rindex("]\n") + 2 :].splitlines()
+    assert python_lines == ["label (3,)", "probabilities (3, 10)", "out of range: none"]
 
 
 def test_console_scripts_are_installed():
