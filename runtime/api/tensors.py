@@ -53,10 +53,15 @@ def datatype_of_manifest(dtype: str) -> str:
     return _BY_MANIFEST[dtype]
 
 
+_BY_DTYPE = {np.dtype(name): kind for name, kind in _BY_MANIFEST.items() if name != "string"}
+
+
 def datatype_of_array(array: np.ndarray) -> str:
     """The protocol's name for an output array's dtype (strings and objects are ``BYTES``)."""
-    kind = array.dtype.kind
-    if kind in "USO":
+    found = _BY_DTYPE.get(array.dtype)  # native byte order: a dict lookup (``dtype.name`` is slow)
+    if found is not None:
+        return found
+    if array.dtype.kind in "USO":
         return "BYTES"
     return _BY_MANIFEST.get(array.dtype.name, "BYTES")
 
