@@ -50,7 +50,7 @@ class Prediction:
     @property
     def classes(self) -> Optional[tuple[Any, ...]]:
         """The class labels of a classifier's probability columns; None for other models."""
-        return self._model.labels
+        return self._model.manifest.model.labels
 
     @property
     def ranges(self) -> RangeReport:
@@ -88,8 +88,6 @@ class LoadedModel:
         self.checker = InputChecker(manifest.model.inputs, limits)
         self._check_signature()
         self.ranges = RangeChecker.from_manifest(manifest)
-        self.labels = manifest.model.labels
-        """The class labels of a classifier's probability columns; None for other models."""
         self._reject = self.ranges.reject
 
     @classmethod
